@@ -1,0 +1,100 @@
+# mdn.c: `make` builds everything this machine can build; `make test` builds and runs the tests.
+#
+# CPU code (common/, mdn_kernels/*.c, layers/*.c, dataloader/*.c) is written once against
+# `real` (common/real.h) and compiled twice: build/f32 (float, the trainer and tools) and build/f64
+# (double, -DMDN_DOUBLE, the finite-difference checks). Programs link one of the two libraries.
+# CUDA code (*.cu) is built when nvcc is found; CI has nvcc but no GPU, so a CUDA build break fails CI.
+# OpenMPI (mpicc) is used when found: the CPU trainer's multi-process back end.
+
+CC ?= gcc
+CFLAGS ?= -O2 -g
+CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fopenmp
+LDLIBS = -lm -fopenmp
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+MPICC ?= $(shell command -v mpicc 2>/dev/null)
+# the GPUs to build for: sm_90a (H100/H200, wgmma) by default; e.g. `make CUDA_ARCH="-gencode=arch=compute_80,code=sm_80"`
+CUDA_ARCH ?= -gencode=arch=compute_90a,code=sm_90a
+NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -lineinfo -Xcompiler -fopenmp
+CUDA_LDLIBS = -lcublasLt -lcublas -lm -lgomp
+
+CPU_SRCS := $(sort $(wildcard common/*.c mdn_kernels/*.c layers/*.c dataloader/*.c))
+F32_OBJS := $(patsubst %.c,build/f32/%.o,$(CPU_SRCS))
+F64_OBJS := $(patsubst %.c,build/f64/%.o,$(CPU_SRCS))
+CUDA_SRCS := $(sort $(wildcard mdn_kernels/*.cu layers/*.cu common/*.cu))
+CUDA_OBJS := $(patsubst %.cu,build/cuda/%.o,$(CUDA_SRCS))
+HEADERS := $(wildcard common/*.h mdn_kernels/*.h mdn_kernels/*.cuh layers/*.h layers/*.cuh dataloader/*.h)
+
+# main programs (design.md's contract); each is built if its source exists
+CPU_PROGRAMS := $(if $(wildcard train_mdn.c),train_mdn_cpu) $(if $(wildcard test_mdn.c),test_mdn) \
+                $(if $(wildcard mdn_tokenize.c),mdn_tokenize) $(if $(wildcard dev/mdn_op.c),dev/mdn_op)
+CUDA_PROGRAMS := $(if $(wildcard train_mdn.cu),train_mdn) \
+                 $(patsubst %.cu,%,$(wildcard dev/*.cu))
+# tests: test/test_X.c links the float build, test/test_X_f64.c the double build, test/test_X.cu CUDA
+TEST_F32 := $(patsubst test/%.c,build/test/%,$(filter-out %_f64.c,$(wildcard test/test_*.c)))
+TEST_F64 := $(patsubst test/%.c,build/test/%,$(wildcard test/test_*_f64.c))
+TEST_CUDA := $(patsubst test/%.cu,build/test/%,$(wildcard test/test_*.cu))
+
+ifneq ($(NVCC),)
+ALL := $(CPU_PROGRAMS) $(CUDA_PROGRAMS) $(TEST_F32) $(TEST_F64) $(TEST_CUDA)
+CUDA_DEFS := -DMDN_CUDA
+else
+ALL := $(CPU_PROGRAMS) $(TEST_F32) $(TEST_F64)
+$(info nvcc not found: building the CPU programs only)
+endif
+ifneq ($(MPICC),)
+MPI_CFLAGS := -DMDN_MPI $(shell $(MPICC) --showme:compile 2>/dev/null)
+MPI_LDLIBS := $(shell $(MPICC) --showme:link 2>/dev/null)
+endif
+
+.PHONY: all test clean
+all: $(ALL)
+
+build/f32/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) -c $< -o $@
+build/f64/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) -DMDN_DOUBLE -c $< -o $@
+build/cuda/%.o: %.cu $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+build/libmdn_f32.a: $(F32_OBJS)
+	@mkdir -p build && rm -f $@ && ar rcs $@ $^
+build/libmdn_f64.a: $(F64_OBJS)
+	@mkdir -p build && rm -f $@ && ar rcs $@ $^
+build/libmdn_cuda.a: $(CUDA_OBJS)
+	@mkdir -p build && rm -f $@ && ar rcs $@ $^
+
+# the CPU trainer: float build, MPI when available
+train_mdn_cpu: train_mdn.c build/libmdn_f32.a $(HEADERS)
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS) $(MPI_LDLIBS)
+test_mdn: test_mdn.c build/libmdn_f32.a $(if $(NVCC),build/libmdn_cuda.a) $(HEADERS)
+	$(if $(NVCC),$(NVCC) $(NVCCFLAGS) -x cu $(CUDA_DEFS),$(CC) $(CFLAGS)) $< build/libmdn_f32.a $(if $(NVCC),build/libmdn_cuda.a $(CUDA_LDLIBS)) -o $@ $(LDLIBS)
+mdn_tokenize: mdn_tokenize.c build/libmdn_f32.a $(HEADERS)
+	$(CC) $(CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS) -lpthread
+# the op checker computes the CPU forms in double: it is the reference
+dev/mdn_op: dev/mdn_op.c build/libmdn_f64.a $(if $(NVCC),build/libmdn_cuda.a) $(HEADERS)
+	$(if $(NVCC),$(NVCC) $(NVCCFLAGS) -x cu $(CUDA_DEFS) -DMDN_DOUBLE,$(CC) $(CFLAGS) -DMDN_DOUBLE) $< build/libmdn_f64.a $(if $(NVCC),build/libmdn_cuda.a $(CUDA_LDLIBS)) -o $@ $(LDLIBS)
+
+train_mdn: train_mdn.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
+	$(NVCC) $(NVCCFLAGS) $(MPI_CFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS) $(MPI_LDLIBS) -lnccl
+dev/%: dev/%.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
+	$(NVCC) $(NVCCFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS)
+
+build/test/%_f64: test/%_f64.c build/libmdn_f64.a $(HEADERS)
+	@mkdir -p build/test
+	$(CC) $(CFLAGS) -DMDN_DOUBLE $< build/libmdn_f64.a -o $@ $(LDLIBS)
+build/test/%: test/%.c build/libmdn_f32.a $(HEADERS)
+	@mkdir -p build/test
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS) $(MPI_LDLIBS)
+build/test/%: test/%.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
+	@mkdir -p build/test
+	$(NVCC) $(NVCCFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS)
+
+# the test list is test/tests.txt; test/run_tests.sh runs it and ends with "N passed, N failed"
+test: all
+	@bash test/run_tests.sh
+
+clean:
+	rm -rf build $(CPU_PROGRAMS) $(CUDA_PROGRAMS)
