@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef struct {
     // the model's shape
@@ -45,6 +46,8 @@ int config_parse(MdnConfig *c, const char *text, size_t len, const char *path, i
 int config_load(MdnConfig *c, const char *path, char *err, size_t errlen);
 // the exact number of parameters (417,537,012 for the 400M config, 1,462,646,004 for the 1B).
 int64_t config_num_params(const MdnConfig *c);
+// the model summary of --dry-run (needs no allocation): the shapes, then "params: N".
+void config_print_summary(const MdnConfig *c, FILE *out);
 // the config as fla's config.json text (every §1 key, model_type, architectures); malloc'd.
 char *config_to_json(const MdnConfig *c);
 

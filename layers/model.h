@@ -103,7 +103,7 @@ void model_zero_grad(Model *m);
 void model_backward(Model *m, real loss_scale);
 
 // One-token recurrent inference (mdn-spec.md §7): feeds tokens[b] for each of the B rows
-// (B <= max_B) and writes logits_out [B, N]. Per layer it keeps the conv inputs of the last
+// (B <= max_B; the same B until model_reset_state) and writes logits_out [B, N]. Per layer it keeps the conv inputs of the last
 // W-1 tokens and the S, M states; it computes exactly what model_forward computes at that position.
 void model_step(Model *m, const int *tokens, int B, real *logits_out);
 void model_reset_state(Model *m);   // back to zero state (start of new rows)

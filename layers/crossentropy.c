@@ -1,0 +1,40 @@
+// crossentropy.c: see crossentropy.h. The softmax is shifted by the row maximum (no overflow);
+// the sum of exponentials is accumulated in double so that a 50k-entry row keeps float precision.
+#include "crossentropy.h"
+
+#include <stddef.h>
+
+int crossentropy_forward(real *losses, const real *logits, const int *targets, int rows, int N) {
+    int count = 0;
+    #pragma omp parallel for reduction(+:count)
+    for (int i = 0; i < rows; i++) {
+        if (targets[i] < 0) { losses[i] = 0; continue; }
+        const real *x = logits + (size_t)i * N;
+        real mx = x[0];
+        for (int j = 1; j < N; j++) mx = x[j] > mx ? x[j] : mx;
+        double sum = 0;
+        for (int j = 0; j < N; j++) sum += exp((double)(x[j] - mx));
+        losses[i] = (real)(log(sum) + mx - x[targets[i]]);
+        count++;
+    }
+    return count;
+}
+
+void crossentropy_backward(real *dlogits, const real *logits, const int *targets, real dloss, int rows, int N) {
+    #pragma omp parallel for
+    for (int i = 0; i < rows; i++) {
+        const real *x = logits + (size_t)i * N;
+        real *dx = dlogits + (size_t)i * N;
+        if (targets[i] < 0) {
+            for (int j = 0; j < N; j++) dx[j] = 0;
+            continue;
+        }
+        real mx = x[0];
+        for (int j = 1; j < N; j++) mx = x[j] > mx ? x[j] : mx;
+        double sum = 0;
+        for (int j = 0; j < N; j++) sum += exp((double)(x[j] - mx));
+        real inv = (real)(1.0 / sum);
+        for (int j = 0; j < N; j++) dx[j] = dloss * exp(x[j] - mx) * inv;   // in place: x[j] read before written
+        dx[targets[i]] -= dloss;
+    }
+}

@@ -1,0 +1,12 @@
+// swiglu.h: the MLP's gated activation, out = silu(gate) · up (mdn-spec.md §3). CUDA twin: swiglu_*_cuda.
+#ifndef MDN_SWIGLU_H
+#define MDN_SWIGLU_H
+
+#include "../common/real.h"
+
+// all arrays [n]
+void swiglu_forward(real *out, const real *gate, const real *up, long n);
+// dgate, dup overwritten
+void swiglu_backward(real *dgate, real *dup, const real *dout, const real *gate, const real *up, long n);
+
+#endif // MDN_SWIGLU_H
