@@ -9,6 +9,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {  // the CUDA code (C++) links these C functions
+#endif
+
 typedef struct {
     // the model's shape
     int hidden_size;             // D
@@ -50,5 +54,9 @@ int64_t config_num_params(const MdnConfig *c);
 void config_print_summary(const MdnConfig *c, FILE *out);
 // the config as fla's config.json text (every §1 key, model_type, architectures); malloc'd.
 char *config_to_json(const MdnConfig *c);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif // MDN_CONFIG_H

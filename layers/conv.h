@@ -8,6 +8,10 @@
 
 #include "../common/real.h"
 
+#ifdef __cplusplus
+extern "C" {  // the CUDA code (C++) links these C functions
+#endif
+
 // writes out and preact (z, kept for the backward).
 void shortconv_silu_forward(real *out, real *preact, const real *inp, const real *weight, int B, int T, int C, int W);
 // dinp overwritten; dweight accumulated (unused when weight is NULL).
@@ -16,5 +20,9 @@ void shortconv_silu_backward(real *dinp, real *dweight, const real *dout, const 
 // One token of B rows (inference): inp, out [B, C]; state [B, W-1, C] holds the previous W-1 inputs
 // of each row (oldest first, zeros at the start of a row) and is shifted by one token.
 void shortconv_silu_step(real *out, real *state, const real *inp, const real *weight, int B, int C, int W);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif // MDN_CONV_H

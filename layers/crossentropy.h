@@ -5,12 +5,22 @@
 
 #include "../common/real.h"
 
-// losses [rows] = logsumexp(logits[i]) - logits[i, target[i]], 0 where target < 0. logits [rows, N];
-// targets must be < N (checked by the caller). Returns the number of positions with a target.
-int crossentropy_forward(real *losses, const real *logits, const int *targets, int rows, int N);
+#ifdef __cplusplus
+extern "C" {  // the CUDA code (C++) links these C functions
+#endif
+
+// losses [rows] = lse[i] - logits[i, target[i]] (0 where target < 0), lse [rows] = logsumexp(logits[i])
+// (kept for the backward, every row). logits [rows, N]; targets must be < N (checked by the caller).
+// Returns the number of positions with a target.
+int crossentropy_forward(real *losses, real *lse, const real *logits, const int *targets, int rows, int N);
 // dlogits [rows, N] = dloss · (softmax(logits) - onehot(target)), 0 on rows without a target.
 // dlogits may alias logits (computed in place). dloss is the gradient of each counted loss
 // (for a mean over n targets: 1/n).
-void crossentropy_backward(real *dlogits, const real *logits, const int *targets, real dloss, int rows, int N);
+void crossentropy_backward(real *dlogits, const real *logits, const real *lse, const int *targets, real dloss,
+                           int rows, int N);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif // MDN_CROSSENTROPY_H

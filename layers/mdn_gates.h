@@ -12,6 +12,10 @@
 
 #include "../common/real.h"
 
+#ifdef __cplusplus
+extern "C" {  // the CUDA code (C++) links these C functions
+#endif
+
 void mdn_gates_forward(real *log_alpha, real *log_mu, real *beta, real *eta,
                        const real *a, const real *b, const real *m, const real *e,
                        const real *A_log, const real *Mu_log, const real *dt_bias, const real *mu_bias,
@@ -31,5 +35,9 @@ void output_correction_forward(real *q_out, const real *q, const real *k, const 
 // dD_log += −exp(D_log)·<dq_out, k> (accumulated).
 void output_correction_backward(real *dq, real *dk, real *dD_log, const real *dq_out, const real *k,
                                 const real *D_log, int rows, int H, int K);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif // MDN_GATES_H

@@ -48,7 +48,7 @@ struct ModelActs {
     real **residual;                // [L+1] each [BT, D]: residual[0] embeddings, residual[l+1] block l's output
     BlockActs *layers;
     real *lnf, *lnf_rstd;           // final norm [BT, D], [BT]
-    real *losses;                   // [BT]
+    real *losses, *lse;             // per-position loss and logsumexp of the logits [BT]
     int *inputs, *targets;          // copies of the last forward's [B, T]
     // backward scratch, shared by all layers (they run one after the other)
     real *dres, *dnorm_in, *dtmp;   // [BT, D]
@@ -101,7 +101,7 @@ static size_t layout_acts(ModelActs *a, const MdnConfig *c, size_t BT, real *bas
         b->mg = TAKE(BT * I); b->mu = TAKE(BT * I); b->mact = TAKE(BT * I);
     }
     a->lnf = TAKE(BT * D); a->lnf_rstd = TAKE(BT);
-    a->losses = TAKE(BT);
+    a->losses = TAKE(BT); a->lse = TAKE(BT);
     a->dres = TAKE(BT * D); a->dnorm_in = TAKE(BT * D); a->dtmp = TAKE(BT * D);
     a->dmact = TAKE(BT * I); a->dmg = TAKE(BT * I); a->dmu = TAKE(BT * I);
     a->don = TAKE(BT * HV); a->d_o = TAKE(BT * HV); a->dg = TAKE(BT * HV);
@@ -483,7 +483,7 @@ real model_forward(Model *m, const int *inputs, const int *targets, int B, int T
         if (targets[i] >= m->config.vocab_size)
             die("model: target token %d at position %zu is outside the vocabulary [0, %d)", targets[i], i, m->config.vocab_size);
     memcpy(m->acts->targets, targets, BT * sizeof(int));
-    m->num_targets = crossentropy_forward(m->acts->losses, m->logits, targets, (int)BT, m->config.vocab_size);
+    m->num_targets = crossentropy_forward(m->acts->losses, m->acts->lse, m->logits, targets, (int)BT, m->config.vocab_size);
     double sum = 0;   // summed in double, in a fixed order
     for (size_t i = 0; i < BT; i++) sum += m->acts->losses[i];
     m->loss = m->num_targets > 0 ? (real)(sum / m->num_targets) : 0;
@@ -498,7 +498,7 @@ void model_backward(Model *m, real loss_scale) {
     ModelActs *a = m->acts;
     int B = m->B, T = m->T, BT = B * T, D = c->hidden_size, L = c->num_hidden_layers, N = c->vocab_size;
     real dloss = m->num_targets > 0 ? loss_scale / m->num_targets : 0;
-    crossentropy_backward(m->logits, m->logits, a->targets, dloss, BT, N);   // logits now hold dlogits
+    crossentropy_backward(m->logits, m->logits, a->lse, a->targets, dloss, BT, N);   // logits now hold dlogits
     linear_backward(a->dnorm_in, m->g.lm_head, m->logits, a->lnf, m->p.lm_head, BT, D, N);
     memset(a->dres, 0, (size_t)BT * D * sizeof(real));
     rmsnorm_backward(a->dres, m->g.norm, a->dnorm_in, a->residual[L], m->p.norm, a->lnf_rstd, BT, D);

@@ -23,6 +23,10 @@
 #include "../common/config.h"
 #include "../common/real.h"
 
+#ifdef __cplusplus
+extern "C" {  // the CUDA code (C++) links these C functions
+#endif
+
 #define MODEL_MAX_NAME 80
 
 typedef struct {
@@ -116,5 +120,9 @@ Model *model_load_hf(const char *dir, int B, int T, char *err, size_t errlen);
 int model_load_hf_weights(Model *m, const char *dir, char *err, size_t errlen);
 // writes DIR/config.json and DIR/model.safetensors (float32); creates DIR if needed. 0 or -1.
 int model_save_hf(const Model *m, const char *dir, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif // MDN_MODEL_H

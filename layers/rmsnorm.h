@@ -6,6 +6,10 @@
 
 #include "../common/real.h"
 
+#ifdef __cplusplus
+extern "C" {  // the CUDA code (C++) links these C functions
+#endif
+
 // out, inp [rows, dim]; weight [dim]; rstd [rows] saves 1/sqrt(mean(x²)+eps) for the backward.
 void rmsnorm_forward(real *out, real *rstd, const real *inp, const real *weight, int rows, int dim, real eps);
 // dinp += (accumulated: the residual stream's gradient), dweight += (accumulated).
@@ -19,5 +23,9 @@ void gated_rmsnorm_forward(real *out, real *rstd, const real *inp, const real *g
 // dinp and dgate are overwritten (dgate skipped when gate is NULL); dweight accumulated.
 void gated_rmsnorm_backward(real *dinp, real *dgate, real *dweight, const real *dout, const real *inp,
                             const real *gate, const real *weight, const real *rstd, int rows, int dim);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif // MDN_RMSNORM_H
