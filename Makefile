@@ -22,7 +22,7 @@ F32_OBJS := $(patsubst %.c,build/f32/%.o,$(CPU_SRCS))
 F64_OBJS := $(patsubst %.c,build/f64/%.o,$(CPU_SRCS))
 CUDA_SRCS := $(sort $(wildcard mdn_kernels/*.cu layers/*.cu common/*.cu))
 CUDA_OBJS := $(patsubst %.cu,build/cuda/%.o,$(CUDA_SRCS))
-HEADERS := $(wildcard common/*.h mdn_kernels/*.h mdn_kernels/*.cuh layers/*.h layers/*.cuh dataloader/*.h)
+HEADERS := $(wildcard common/*.h common/*.cuh mdn_kernels/*.h mdn_kernels/*.cuh layers/*.h layers/*.cuh dataloader/*.h)
 
 # main programs (design.md's contract); each is built if its source exists
 CPU_PROGRAMS := $(if $(wildcard train_mdn.c),train_mdn_cpu) $(if $(wildcard test_mdn.c),test_mdn) \

@@ -1,0 +1,25 @@
+// linear.cuh: y = x·Wᵀ on the GPU through cuBLASLt (CUDA twin of linear.h). Row-major like the CPU
+// code: x [rows, in_dim], W [out_dim, in_dim]. Operands are float or bf16 (the activation type),
+// accumulation is always float32: bf16 operands use the tensor cores, float32 operands stay true
+// float32 (no tf32), which the 1e-4 reference test needs. Plans (descriptors, layouts and the
+// heuristic's algorithm) are cached per shape, so steady-state calls cost one cublasLtMatmul.
+#ifndef MDN_LINEAR_CUH
+#define MDN_LINEAR_CUH
+
+#include "../common/cuda_common.cuh"
+
+// out [rows, out_dim] = inp · weightᵀ (overwritten). Tout is the activation type, or float
+// (the gate logits are kept in float32 even in bf16 training).
+template <typename T, typename Tout>
+void linear_forward_cuda(Tout *out, const T *inp, const T *weight, int rows, int in_dim, int out_dim,
+                         cudaStream_t stream);
+// dinp [rows, in_dim] = dout · weight (overwritten, or added to when accumulate_dinp; skipped if NULL);
+// dweight [out_dim, in_dim] += doutᵀ · inp in float32 (skipped if NULL).
+template <typename T>
+void linear_backward_cuda(T *dinp, float *dweight, const T *dout, const T *inp, const T *weight,
+                          int rows, int in_dim, int out_dim, int accumulate_dinp, cudaStream_t stream);
+
+// the cuBLASLt handle, workspace and plan cache are created on first use; this frees them
+void linear_cuda_free(void);
+
+#endif // MDN_LINEAR_CUH
