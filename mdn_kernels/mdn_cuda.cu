@@ -1,0 +1,1128 @@
+// mdn_cuda.cu: the chunkwise momentum delta rule (mdn-spec.md §6) forward and backward on the GPU.
+// API and conventions: mdn_cuda.cuh. Algorithm and notation: mdn-spec.md §6 and
+// dev/mdn_ref.py chunk_fwd_one / chunk_bwd_one; the CPU mirror is mdn_cpu.c's chunk form.
+//
+// Per chunk of L = 64 steps of one (b,h), with X = [S; M] the stacked states (2K x V), the forward
+// is written with the rows of the chunk's keys scaled by per-row gate factors:
+//   R  = V + Pab X0                 Pab = [-a_prev*p | b_prev*p]           (L x 2K)
+//   U  = T^-1 R                     T^-1 = (I + (P Kk^T) o Gamma_prev)^-1  (L x L)
+//   O  = Qab X0 + QKG U             Qab = [a*qbar | -b*qbar], QKG = (Qbar Kk^T) o Gamma
+//   X1 = D X0 + KK^T U              KK = [g*kappa | -h*kappa], D X0 = [a_L S0 - b_L M0; m_L M0]
+// (g = Gamma[L-1,:], h = Em[L-1,:]). Kernels:
+//   prepare     one CTA per (b,h,chunk): gates -> Gamma, b, T^-1, QKG and the per-row factors.
+//   state_fwd   one CTA per (b,h,V tile): walks the chunks with X in shared memory (float32);
+//               writes O, or (backward recompute) each chunk's X0 and U.
+//   state_bwd   one CTA per (b,h,V tile), chunks in reverse, carrying dX = [dS; dM]:
+//               dU = KK dX1 + QKG^T dO; G = T^-T dU (= dv); dX0 = D^T dX1 + Qab^T dO + Pab^T G;
+//               stores each chunk's dX1.
+//   bwd_state_grads  one CTA per (b,h,chunk, 32 key columns) (+1 for the L x L products):
+//               the products over V: dO X0^T, G X0^T, U dX1^T (-> partial dqbar, dp, dkappa and
+//               gate-factor gradients), dO U^T and G U^T.
+//   bwd_chunk   one CTA per (b,h,chunk): the L x L chain (dGamma, Ea, Em, beta -> log gates),
+//               the remaining L x L x K products and the preprocessing backward (L2 norms).
+// Every reduction has a fixed order (no atomics): results are bitwise reproducible.
+// Products: bf16 -> mma.sync m16n8k16 (bf16 operands, float32 accumulation); float32 -> FMA.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <type_traits>
+
+#include "mdn_cuda.cuh"
+
+#define CH 64          // chunk length L (mdn_cpu.h MDN_CHUNK)
+#define NTHREADS 256   // every kernel: 8 warps
+#define LDL (CH + 1)   // row stride of float32 L x L matrices in shared memory
+
+// per-row chunk vectors written by the prepare kernel: [b,h,chunk][NVEC][CH] float32
+enum { VEC_A, VEC_B, VEC_M, VEC_G, VEC_H, VEC_RQ, VEC_RK, VEC_PA, VEC_ETA, NVEC };
+
+struct Dims {
+    int B, T, H, K, V, NC, Vt, use_p;
+    float qscale;   // K^-1/2
+};
+
+// ------------------------------------------------------------------------------------------------
+// element conversion and the generic block-level product
+// ------------------------------------------------------------------------------------------------
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <typename T> struct UseMma { static constexpr bool value = std::is_same<T, __nv_bfloat16>::value; };
+
+// shared-memory row padding of an element type: 16 bytes, so that 8 consecutive rows of a
+// fragment load land in different banks
+template <typename T> __host__ __device__ constexpr int pad_of() { return 16 / (int)sizeof(T); }
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// One warp accumulates a 16x8 tile C[m0.., n0..] += sum_k fa(row, k) * fb(k, col), k < kdim.
+// fa, fb return float32 elements (any layout, scaling or conversion folded in). The thread owns
+// c[0] (m0+g, n0+2t), c[1] (m0+g, n0+2t+1), c[2] (m0+g+8, n0+2t), c[3] (m0+g+8, n0+2t+1),
+// g = lane/4, t = lane%4 (the mma.sync accumulator layout; the FMA path uses the same).
+template <bool MMA, class FA, class FB>
+__device__ __forceinline__ void tile_acc(float c[4], int m0, int n0, int kdim, const FA &fa, const FB &fb) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    if constexpr (MMA) {
+        const int r0 = m0 + g, r1 = r0 + 8, col = n0 + g;
+        for (int k = 0; k < kdim; k += 16) {
+            const int k0 = k + 2 * t, k1 = k0 + 8;
+            uint32_t a0 = pack_bf16(fa(r0, k0), fa(r0, k0 + 1));
+            uint32_t a1 = pack_bf16(fa(r1, k0), fa(r1, k0 + 1));
+            uint32_t a2 = pack_bf16(fa(r0, k1), fa(r0, k1 + 1));
+            uint32_t a3 = pack_bf16(fa(r1, k1), fa(r1, k1 + 1));
+            uint32_t b0 = pack_bf16(fb(k0, col), fb(k0 + 1, col));
+            uint32_t b1 = pack_bf16(fb(k1, col), fb(k1 + 1, col));
+            mma_bf16_16816(c, a0, a1, a2, a3, b0, b1);
+        }
+    } else {
+        const int r0 = m0 + g, r1 = r0 + 8, c0 = n0 + 2 * t, c1 = c0 + 1;
+        for (int k = 0; k < kdim; k++) {
+            const float x0 = fa(r0, k), x1 = fa(r1, k), y0 = fb(k, c0), y1 = fb(k, c1);
+            c[0] = fmaf(x0, y0, c[0]);
+            c[1] = fmaf(x0, y1, c[1]);
+            c[2] = fmaf(x1, y0, c[2]);
+            c[3] = fmaf(x1, y1, c[3]);
+        }
+    }
+}
+
+// The whole block computes C (M x N, multiples of 16 and 8) = fa1 fb1 (inner K1) + fa2 fb2
+// (inner K2, may be 0) and hands every element to epi(row, col, value) exactly once.
+template <bool MMA, class FA1, class FB1, class FA2, class FB2, class FE>
+__device__ void block_gemm2(int M, int N, int K1, const FA1 &fa1, const FB1 &fb1, int K2, const FA2 &fa2,
+                            const FB2 &fb2, const FE &epi) {
+    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3, tn = N >> 3, ntiles = (M >> 4) * tn;
+    for (int tile = warp; tile < ntiles; tile += nwarps) {
+        const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8;
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+        tile_acc<MMA>(c, m0, n0, K1, fa1, fb1);
+        if (K2 > 0) tile_acc<MMA>(c, m0, n0, K2, fa2, fb2);
+        epi(m0 + g, n0 + 2 * t, c[0]);
+        epi(m0 + g, n0 + 2 * t + 1, c[1]);
+        epi(m0 + g + 8, n0 + 2 * t, c[2]);
+        epi(m0 + g + 8, n0 + 2 * t + 1, c[3]);
+    }
+}
+template <bool MMA, class FA, class FB, class FE>
+__device__ void block_gemm(int M, int N, int Kd, const FA &fa, const FB &fb, const FE &epi) {
+    block_gemm2<MMA>(M, N, Kd, fa, fb, 0, fa, fb, epi);
+}
+
+// shared-memory carving: the same code runs on the host (base 0) to size the allocation
+struct Carver {
+    size_t off;
+    char *base;
+    template <typename U> __host__ __device__ U *take(size_t n) {
+        off = (off + 15) & ~(size_t)15;
+        U *p = (U *)(base + off);
+        off += n * sizeof(U);
+        return p;
+    }
+};
+
+// ------------------------------------------------------------------------------------------------
+// gate coefficients of one chunk (float32; prefix sums in float64 so that differences of large
+// prefix sums keep their precision) — shared by prepare and bwd_chunk
+// ------------------------------------------------------------------------------------------------
+struct Coef {
+    double *A, *C;                                     // prefix sums of log alpha, log mu
+    float *la, *lm, *be, *et, *al, *a, *m, *b, *h;     // [CH]
+    float *Ea, *Em, *G;                                // [CH][LDL]
+};
+__host__ __device__ inline void carve_coef(Carver &cv, Coef &c) {
+    c.A = cv.take<double>(CH);
+    c.C = cv.take<double>(CH);
+    float **vecs[] = {&c.la, &c.lm, &c.be, &c.et, &c.al, &c.a, &c.m, &c.b, &c.h};
+    for (int i = 0; i < 9; i++) *vecs[i] = cv.take<float>(CH);
+    c.Ea = cv.take<float>(CH * LDL);
+    c.Em = cv.take<float>(CH * LDL);
+    c.G = cv.take<float>(CH * LDL);
+}
+
+// Steps past T (the last chunk's padding) get log alpha = log mu = beta = eta = 0: they change
+// no state (alpha = mu = 1, nothing written), so the chunk's end-of-chunk factors are exact.
+__device__ void chunk_coef(const Coef &c, const Dims &d, int b, int h, int t0, const float *log_alpha,
+                           const float *log_mu, const float *beta, const float *eta) {
+    const int tid = threadIdx.x;
+    if (tid < CH) {
+        const bool valid = t0 + tid < d.T;
+        const size_t gi = ((size_t)b * d.T + t0 + tid) * d.H + h;
+        c.la[tid] = valid ? log_alpha[gi] : 0.f;
+        c.lm[tid] = valid ? log_mu[gi] : 0.f;
+        c.be[tid] = valid ? beta[gi] : 0.f;
+        c.et[tid] = valid ? eta[gi] : 0.f;
+    }
+    __syncthreads();
+    if (tid == 0) {
+        double sa = 0.0, sc = 0.0;
+        for (int i = 0; i < CH; i++) {
+            sa += c.la[i];
+            sc += c.lm[i];
+            c.A[i] = sa;
+            c.C[i] = sc;
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < CH * CH; e += blockDim.x) {
+        const int i = e / CH, l = e % CH;
+        c.Ea[i * LDL + l] = l <= i ? expf((float)(c.A[i] - c.A[l])) : 0.f;   // alpha_{l+1..i}
+        c.Em[i * LDL + l] = l <= i ? expf((float)(c.C[i] - c.C[l])) : 0.f;   // mu_{l+1..i}
+    }
+    if (tid < CH) {
+        c.a[tid] = expf((float)c.A[tid]);
+        c.m[tid] = expf((float)c.C[tid]);
+        c.al[tid] = expf(c.la[tid]);
+    }
+    __syncthreads();
+    // Gamma = Ea diag(beta) Em and b = Ea (beta o m): sums of non-negative terms (no cancellation)
+    for (int e = tid; e < CH * CH; e += blockDim.x) {
+        const int i = e / CH, j = e % CH;
+        float s = 0.f;
+        for (int l = j; l <= i; l++) s = fmaf(c.Ea[i * LDL + l] * c.be[l], c.Em[l * LDL + j], s);
+        c.G[i * LDL + j] = s;
+    }
+    if (tid < CH) {
+        float s = 0.f;
+        for (int l = 0; l <= tid; l++) s = fmaf(c.Ea[tid * LDL + l], c.be[l] * c.m[l], s);
+        c.b[tid] = s;
+        c.h[tid] = c.Em[(CH - 1) * LDL + tid];
+    }
+    __syncthreads();
+}
+
+// ------------------------------------------------------------------------------------------------
+// prepare: per (b,h,chunk) T^-1, QKG and the per-row vectors
+// ------------------------------------------------------------------------------------------------
+template <typename T> struct PrepSmem {
+    Coef c;
+    float *rq, *rk, *Ti;
+    T *Kh, *Qh;
+};
+template <typename T> __host__ __device__ size_t carve_prep(PrepSmem<T> &s, char *base, int K) {
+    Carver cv{0, base};
+    carve_coef(cv, s.c);
+    s.rq = cv.take<float>(CH);
+    s.rk = cv.take<float>(CH);
+    s.Ti = cv.take<float>(CH * LDL);
+    s.Kh = cv.take<T>((size_t)CH * (K + pad_of<T>()));
+    s.Qh = cv.take<T>((size_t)CH * (K + pad_of<T>()));
+    return cv.off;
+}
+
+// raw rows -> rq, rk (inverse norms) and the normalised rows Qh = qbar (scaled), Kh = khat
+template <typename T>
+__device__ void load_normalised(const Dims &d, const T *q, const T *k, int b, int h, int t0, float *rq, float *rk,
+                                T *Qh, T *Kh, int ldk) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    for (int r = warp; r < CH; r += nwarps) {
+        const bool valid = t0 + r < d.T;
+        const size_t base = (((size_t)b * d.T + t0 + r) * d.H + h) * d.K;
+        float sq = 0.f, sk = 0.f;
+        if (valid)
+            for (int c = lane; c < d.K; c += 32) {
+                const float qv = to_f(q[base + c]), kv = to_f(k[base + c]);
+                sq = fmaf(qv, qv, sq);
+                sk = fmaf(kv, kv, sk);
+            }
+        for (int o = 16; o > 0; o >>= 1) {
+            sq += __shfl_xor_sync(0xffffffffu, sq, o);
+            sk += __shfl_xor_sync(0xffffffffu, sk, o);
+        }
+        const float iq = 1.f / sqrtf(sq + 1e-6f), ik = 1.f / sqrtf(sk + 1e-6f);
+        if (lane == 0) {
+            rq[r] = iq;
+            rk[r] = ik;
+        }
+        for (int c = lane; c < d.K; c += 32) {
+            const float qv = valid ? to_f(q[base + c]) : 0.f, kv = valid ? to_f(k[base + c]) : 0.f;
+            Qh[r * ldk + c] = from_f<T>(qv * iq * d.qscale);
+            Kh[r * ldk + c] = from_f<T>(kv * ik);
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(NTHREADS) mdn_prepare_kernel(Dims d, const T *q, const T *k, const float *log_alpha,
+                                                               const float *log_mu, const float *beta,
+                                                               const float *eta, float *vec, T *Tinv, T *QKG) {
+    extern __shared__ __align__(16) char smem[];
+    PrepSmem<T> s;
+    carve_prep(s, smem, d.K);
+    const Coef &c = s.c;
+    const int bhc = blockIdx.x, n = bhc % d.NC, bh = bhc / d.NC, h = bh % d.H, b = bh / d.H;
+    const int t0 = n * CH, tid = threadIdx.x, ldk = d.K + pad_of<T>();
+    constexpr bool MMA = UseMma<T>::value;
+
+    chunk_coef(c, d, b, h, t0, log_alpha, log_mu, beta, eta);
+    load_normalised(d, q, k, b, h, t0, s.rq, s.rk, s.Qh, s.Kh, ldk);
+    __syncthreads();
+    // KK = Khat Khat^T into Ea's space, QK = Qbar Khat^T into Em's space (both free now)
+    float *KK = c.Ea, *QK = c.Em;
+    const T *Kh = s.Kh, *Qh = s.Qh;
+    auto fk = [=](int i, int col) { return to_f(Kh[i * ldk + col]); };
+    auto fkt = [=](int col, int j) { return to_f(Kh[j * ldk + col]); };
+    auto fq = [=](int i, int col) { return to_f(Qh[i * ldk + col]); };
+    block_gemm<MMA>(CH, CH, d.K, fk, fkt, [=](int i, int j, float v) { KK[i * LDL + j] = v; });
+    block_gemm<MMA>(CH, CH, d.K, fq, fkt, [=](int i, int j, float v) { QK[i * LDL + j] = v; });
+    __syncthreads();
+    // A = (P Kk^T) o Gamma_prev (strictly lower), QKG = (Qbar Kk^T) o Gamma (lower)
+    for (int e = tid; e < CH * CH; e += blockDim.x) {
+        const int i = e / CH, j = e % CH;
+        const float pa = d.use_p ? c.al[i] : 1.f;
+        KK[i * LDL + j] = j < i ? pa * c.et[j] * KK[i * LDL + j] * c.G[(i - 1) * LDL + j] : 0.f;
+        QK[i * LDL + j] = j <= i ? QK[i * LDL + j] * c.et[j] * c.G[i * LDL + j] : 0.f;
+    }
+    __syncthreads();
+    // T^-1 = (I + A)^-1 by forward substitution, one column per thread (float32)
+    if (tid < CH) {
+        const int j = tid;
+        for (int i = 0; i < CH; i++) {
+            float x;
+            if (i < j) x = 0.f;
+            else if (i == j) x = 1.f;
+            else {
+                float sum = 0.f;
+                for (int l = j; l < i; l++) sum = fmaf(KK[i * LDL + l], s.Ti[l * LDL + j], sum);
+                x = -sum;
+            }
+            s.Ti[i * LDL + j] = x;
+        }
+    }
+    __syncthreads();
+    const size_t mo = (size_t)bhc * CH * CH;
+    for (int e = tid; e < CH * CH; e += blockDim.x) {
+        const int i = e / CH, j = e % CH;
+        Tinv[mo + e] = from_f<T>(s.Ti[i * LDL + j]);
+        QKG[mo + e] = from_f<T>(QK[i * LDL + j]);
+    }
+    if (tid < CH) {
+        float *vo = vec + (size_t)bhc * NVEC * CH;
+        vo[VEC_A * CH + tid] = c.a[tid];
+        vo[VEC_B * CH + tid] = c.b[tid];
+        vo[VEC_M * CH + tid] = c.m[tid];
+        vo[VEC_G * CH + tid] = c.G[(CH - 1) * LDL + tid];
+        vo[VEC_H * CH + tid] = c.h[tid];
+        vo[VEC_RQ * CH + tid] = s.rq[tid];
+        vo[VEC_RK * CH + tid] = s.rk[tid];
+        vo[VEC_PA * CH + tid] = d.use_p ? c.al[tid] : 1.f;
+        vo[VEC_ETA * CH + tid] = c.et[tid];
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// state passes (forward and reverse), one CTA per (b,h,V tile)
+// ------------------------------------------------------------------------------------------------
+// row factors of one chunk, from the prepare vectors
+enum { SC_PA1, SC_PA2, SC_QA1, SC_QA2, SC_KK1, SC_KK2, SC_RK, SC_QS, NSC };
+template <typename T> struct StateSmem {
+    float *X;              // [2K][Vt+4] states (forward) or their gradients (reverse), float32
+    T *Kh, *Qh;            // [CH][K+pad] khat, qbar
+    T *Ti, *QG;            // [CH][CH+pad] T^-1, QKG
+    T *Vs;                 // [CH][Vt+pad] v (forward) or d_o (reverse) tile
+    float *R, *U;          // [CH][Vt+4] R, U (forward) or dU, G (reverse)
+    float *sc;             // [NSC][CH]
+};
+template <typename T> __host__ __device__ size_t carve_state(StateSmem<T> &s, char *base, int K, int Vt) {
+    Carver cv{0, base};
+    s.X = cv.take<float>((size_t)2 * K * (Vt + 4));
+    s.Kh = cv.take<T>((size_t)CH * (K + pad_of<T>()));
+    s.Qh = cv.take<T>((size_t)CH * (K + pad_of<T>()));
+    s.Ti = cv.take<T>((size_t)CH * (CH + pad_of<T>()));
+    s.QG = cv.take<T>((size_t)CH * (CH + pad_of<T>()));
+    s.Vs = cv.take<T>((size_t)CH * (Vt + pad_of<T>()));
+    s.R = cv.take<float>((size_t)CH * (Vt + 4));
+    s.U = cv.take<float>((size_t)CH * (Vt + 4));
+    s.sc = cv.take<float>((size_t)NSC * CH);
+    return cv.off;
+}
+
+// load one chunk's operands: row factors, khat, qbar, T^-1, QKG, and a [CH][Vt] tile of `tile_src`
+// ([B,T,H,V]: v or d_o). Returns a_L, b_L, m_L through the pointers.
+template <typename T>
+__device__ void load_chunk(const StateSmem<T> &s, const Dims &d, int b, int h, int bhc, int t0, int v0,
+                           const T *q, const T *k, const T *tile_src, const float *vec, const T *Tinv,
+                           const T *QKG) {
+    const int tid = threadIdx.x, ldk = d.K + pad_of<T>(), ldl = CH + pad_of<T>(), ldv = d.Vt + pad_of<T>();
+    const float *vi = vec + (size_t)bhc * NVEC * CH;
+    if (tid < CH) {
+        const int i = tid;
+        const float aprev = i ? vi[VEC_A * CH + i - 1] : 1.f, bprev = i ? vi[VEC_B * CH + i - 1] : 0.f;
+        const float pa = vi[VEC_PA * CH + i], et = vi[VEC_ETA * CH + i];
+        s.sc[SC_PA1 * CH + i] = -aprev * pa;
+        s.sc[SC_PA2 * CH + i] = bprev * pa;
+        s.sc[SC_QA1 * CH + i] = vi[VEC_A * CH + i];
+        s.sc[SC_QA2 * CH + i] = -vi[VEC_B * CH + i];
+        s.sc[SC_KK1 * CH + i] = vi[VEC_G * CH + i] * et;
+        s.sc[SC_KK2 * CH + i] = -vi[VEC_H * CH + i] * et;
+        s.sc[SC_RK * CH + i] = vi[VEC_RK * CH + i];
+        s.sc[SC_QS * CH + i] = vi[VEC_RQ * CH + i] * d.qscale;
+    }
+    __syncthreads();
+    for (int e = tid; e < CH * d.K; e += blockDim.x) {
+        const int i = e / d.K, c = e % d.K;
+        const bool valid = t0 + i < d.T;
+        const size_t gi = (((size_t)b * d.T + t0 + i) * d.H + h) * d.K + c;
+        s.Kh[i * ldk + c] = from_f<T>(valid ? to_f(k[gi]) * s.sc[SC_RK * CH + i] : 0.f);
+        s.Qh[i * ldk + c] = from_f<T>(valid ? to_f(q[gi]) * s.sc[SC_QS * CH + i] : 0.f);
+    }
+    const size_t mo = (size_t)bhc * CH * CH;
+    for (int e = tid; e < CH * CH; e += blockDim.x) {
+        const int i = e / CH, j = e % CH;
+        s.Ti[i * ldl + j] = Tinv[mo + e];
+        s.QG[i * ldl + j] = QKG[mo + e];
+    }
+    for (int e = tid; e < CH * d.Vt; e += blockDim.x) {
+        const int i = e / d.Vt, c = e % d.Vt;
+        const bool valid = t0 + i < d.T;
+        s.Vs[i * ldv + c] = valid ? tile_src[(((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c] : from_f<T>(0.f);
+    }
+    __syncthreads();
+}
+
+// STORE = false: forward (writes o and final states). STORE = true: the backward's recompute
+// (writes each chunk's X0 to Xall [bhc][2K][V] and U to Uall [bhc][CH][V]).
+template <typename T, bool STORE>
+__global__ void __launch_bounds__(NTHREADS)
+    mdn_state_fwd_kernel(Dims d, const T *q, const T *k, const T *v, const float *S0, const float *M0,
+                         const float *vec, const T *Tinv, const T *QKG, T *o, float *S_final, float *M_final,
+                         T *Xall, T *Uall) {
+    extern __shared__ __align__(16) char smem[];
+    StateSmem<T> s;
+    carve_state(s, smem, d.K, d.Vt);
+    constexpr bool MMA = UseMma<T>::value;
+    const int bh = blockIdx.y, h = bh % d.H, b = bh / d.H, v0 = blockIdx.x * d.Vt, tid = threadIdx.x;
+    const int K = d.K, Vt = d.Vt, ldx = Vt + 4, ldk = K + pad_of<T>(), ldl = CH + pad_of<T>(),
+              ldv = Vt + pad_of<T>();
+    float *X = s.X, *R = s.R, *U = s.U;
+    const float *sc = s.sc;
+    const T *Kh = s.Kh, *Qh = s.Qh, *Ti = s.Ti, *QG = s.QG, *Vs = s.Vs;
+
+    for (int e = tid; e < K * Vt; e += blockDim.x) {
+        const int r = e / Vt, c = e % Vt;
+        const size_t gi = ((size_t)bh * K + r) * d.V + v0 + c;
+        X[r * ldx + c] = S0 ? S0[gi] : 0.f;
+        X[(K + r) * ldx + c] = M0 ? M0[gi] : 0.f;
+    }
+    for (int n = 0; n < d.NC; n++) {
+        const int bhc = bh * d.NC + n, t0 = n * CH;
+        __syncthreads();   // the previous chunk's state update is complete
+        if (STORE)
+            for (int e = tid; e < 2 * K * Vt; e += blockDim.x) {
+                const int r = e / Vt, c = e % Vt;
+                Xall[((size_t)bhc * 2 * K + r) * d.V + v0 + c] = from_f<T>(X[r * ldx + c]);
+            }
+        load_chunk(s, d, b, h, bhc, t0, v0, q, k, v, vec, Tinv, QKG);
+        const float *vi = vec + (size_t)bhc * NVEC * CH;
+        const float aL = vi[VEC_A * CH + CH - 1], bL = vi[VEC_B * CH + CH - 1], mL = vi[VEC_M * CH + CH - 1];
+
+        auto fx = [=](int r, int c) { return X[r * ldx + c]; };
+        // R = V + Pab X0
+        auto fpab = [=](int i, int c) {
+            return c < K ? sc[SC_PA1 * CH + i] * to_f(Kh[i * ldk + c]) : sc[SC_PA2 * CH + i] * to_f(Kh[i * ldk + c - K]);
+        };
+        block_gemm<MMA>(CH, Vt, 2 * K, fpab, fx,
+                        [=](int i, int c, float val) { R[i * ldx + c] = to_f(Vs[i * ldv + c]) + val; });
+        __syncthreads();
+        // U = T^-1 R
+        block_gemm<MMA>(
+            CH, Vt, CH, [=](int i, int j) { return to_f(Ti[i * ldl + j]); }, [=](int j, int c) { return R[j * ldx + c]; },
+            [=](int i, int c, float val) {
+                U[i * ldx + c] = val;
+                if (STORE) Uall[((size_t)bhc * CH + i) * d.V + v0 + c] = from_f<T>(val);
+            });
+        __syncthreads();
+        if (!STORE) {
+            // O = Qab X0 + QKG U
+            auto fqab = [=](int i, int c) {
+                return c < K ? sc[SC_QA1 * CH + i] * to_f(Qh[i * ldk + c]) : sc[SC_QA2 * CH + i] * to_f(Qh[i * ldk + c - K]);
+            };
+            block_gemm2<MMA>(
+                CH, Vt, 2 * K, fqab, fx, CH, [=](int i, int j) { return to_f(QG[i * ldl + j]); },
+                [=](int j, int c) { return U[j * ldx + c]; },
+                [=](int i, int c, float val) {
+                    if (t0 + i < d.T) o[(((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c] = from_f<T>(val);
+                });
+            __syncthreads();
+        }
+        auto fu = [=](int j, int c) { return U[j * ldx + c]; };
+        // S1 = a_L S0 - b_L M0 + (g o kappa)^T U   (reads M0 before the M update below)
+        block_gemm<MMA>(
+            K, Vt, CH, [=](int r, int j) { return sc[SC_KK1 * CH + j] * to_f(Kh[j * ldk + r]); }, fu,
+            [=](int r, int c, float val) { X[r * ldx + c] = aL * X[r * ldx + c] - bL * X[(K + r) * ldx + c] + val; });
+        __syncthreads();
+        // M1 = m_L M0 - (h o kappa)^T U
+        block_gemm<MMA>(
+            K, Vt, CH, [=](int r, int j) { return sc[SC_KK2 * CH + j] * to_f(Kh[j * ldk + r]); }, fu,
+            [=](int r, int c, float val) { X[(K + r) * ldx + c] = mL * X[(K + r) * ldx + c] + val; });
+    }
+    __syncthreads();
+    if (S_final || M_final)
+        for (int e = tid; e < K * Vt; e += blockDim.x) {
+            const int r = e / Vt, c = e % Vt;
+            const size_t gi = ((size_t)bh * K + r) * d.V + v0 + c;
+            if (S_final) S_final[gi] = X[r * ldx + c];
+            if (M_final) M_final[gi] = X[(K + r) * ldx + c];
+        }
+}
+
+// Reverse state pass: carries dX = [dS; dM] from the end; writes dv (= G) into G_out [B,T,H,V],
+// each chunk's incoming dX1 into dXall [bhc][2K][V], and dS0, dM0.
+template <typename T>
+__global__ void __launch_bounds__(NTHREADS)
+    mdn_state_bwd_kernel(Dims d, const T *q, const T *k, const T *d_o, const float *dS_final, const float *dM_final,
+                         const float *vec, const T *Tinv, const T *QKG, T *G_out, T *dXall, float *dS0,
+                         float *dM0) {
+    extern __shared__ __align__(16) char smem[];
+    StateSmem<T> s;
+    carve_state(s, smem, d.K, d.Vt);
+    constexpr bool MMA = UseMma<T>::value;
+    const int bh = blockIdx.y, h = bh % d.H, b = bh / d.H, v0 = blockIdx.x * d.Vt, tid = threadIdx.x;
+    const int K = d.K, Vt = d.Vt, ldx = Vt + 4, ldk = K + pad_of<T>(), ldl = CH + pad_of<T>(),
+              ldv = Vt + pad_of<T>();
+    float *dX = s.X, *dU = s.R, *G = s.U;
+    const float *sc = s.sc;
+    const T *Kh = s.Kh, *Qh = s.Qh, *Ti = s.Ti, *QG = s.QG, *dOs = s.Vs;
+
+    for (int e = tid; e < K * Vt; e += blockDim.x) {
+        const int r = e / Vt, c = e % Vt;
+        const size_t gi = ((size_t)bh * K + r) * d.V + v0 + c;
+        dX[r * ldx + c] = dS_final ? dS_final[gi] : 0.f;
+        dX[(K + r) * ldx + c] = dM_final ? dM_final[gi] : 0.f;
+    }
+    for (int n = d.NC - 1; n >= 0; n--) {
+        const int bhc = bh * d.NC + n, t0 = n * CH;
+        __syncthreads();
+        for (int e = tid; e < 2 * K * Vt; e += blockDim.x) {
+            const int r = e / Vt, c = e % Vt;
+            dXall[((size_t)bhc * 2 * K + r) * d.V + v0 + c] = from_f<T>(dX[r * ldx + c]);
+        }
+        load_chunk(s, d, b, h, bhc, t0, v0, q, k, d_o, vec, Tinv, QKG);
+        const float *vi = vec + (size_t)bhc * NVEC * CH;
+        const float aL = vi[VEC_A * CH + CH - 1], bL = vi[VEC_B * CH + CH - 1], mL = vi[VEC_M * CH + CH - 1];
+        auto fdo = [=](int i, int c) { return to_f(dOs[i * ldv + c]); };
+        auto fg = [=](int i, int c) { return G[i * ldx + c]; };
+
+        // dU = KK dX1 + QKG^T dO
+        auto fkk = [=](int j, int c) {
+            return c < K ? sc[SC_KK1 * CH + j] * to_f(Kh[j * ldk + c]) : sc[SC_KK2 * CH + j] * to_f(Kh[j * ldk + c - K]);
+        };
+        block_gemm2<MMA>(
+            CH, Vt, 2 * K, fkk, [=](int r, int c) { return dX[r * ldx + c]; }, CH,
+            [=](int j, int i) { return to_f(QG[i * ldl + j]); }, fdo,
+            [=](int j, int c, float val) { dU[j * ldx + c] = val; });
+        __syncthreads();
+        // G = T^-T dU: the gradient of R, hence dv
+        block_gemm<MMA>(
+            CH, Vt, CH, [=](int i, int j) { return to_f(Ti[j * ldl + i]); }, [=](int j, int c) { return dU[j * ldx + c]; },
+            [=](int i, int c, float val) {
+                G[i * ldx + c] = val;
+                if (t0 + i < d.T) G_out[(((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c] = from_f<T>(val);
+            });
+        __syncthreads();
+        // dM0 = -b_L dS1 + m_L dM1 + (-b o qbar)^T dO + (b_prev o p)^T G   (before dS is overwritten)
+        block_gemm2<MMA>(
+            K, Vt, CH, [=](int r, int i) { return sc[SC_QA2 * CH + i] * to_f(Qh[i * ldk + r]); }, fdo, CH,
+            [=](int r, int i) { return sc[SC_PA2 * CH + i] * to_f(Kh[i * ldk + r]); }, fg,
+            [=](int r, int c, float val) {
+                dX[(K + r) * ldx + c] = -bL * dX[r * ldx + c] + mL * dX[(K + r) * ldx + c] + val;
+            });
+        __syncthreads();
+        // dS0 = a_L dS1 + (a o qbar)^T dO + (-a_prev o p)^T G
+        block_gemm2<MMA>(
+            K, Vt, CH, [=](int r, int i) { return sc[SC_QA1 * CH + i] * to_f(Qh[i * ldk + r]); }, fdo, CH,
+            [=](int r, int i) { return sc[SC_PA1 * CH + i] * to_f(Kh[i * ldk + r]); }, fg,
+            [=](int r, int c, float val) { dX[r * ldx + c] = aL * dX[r * ldx + c] + val; });
+    }
+    __syncthreads();
+    if (dS0 || dM0)
+        for (int e = tid; e < K * Vt; e += blockDim.x) {
+            const int r = e / Vt, c = e % Vt;
+            const size_t gi = ((size_t)bh * K + r) * d.V + v0 + c;
+            if (dS0) dS0[gi] = dX[r * ldx + c];
+            if (dM0) dM0[gi] = dX[(K + r) * ldx + c];
+        }
+}
+
+// ------------------------------------------------------------------------------------------------
+// backward, products over V: one CTA per (b,h,chunk) and KT key columns; the last CTA of each
+// chunk (blockIdx.x == nKt) forms the L x L products F1 = dO U^T and F2 = G U^T
+// ------------------------------------------------------------------------------------------------
+enum { RP_DA, RP_DB, RP_DAP, RP_DBP, RP_DG, RP_DH, NRP };   // row partial sums
+template <typename T> struct GradSmem {
+    T *dO, *G, *U;              // [CH][Vc+pad]
+    T *S0, *M0, *dS1, *dM1;     // [KT][Vc+pad]
+    float *E;                   // [6][CH][KT+1]
+    float *red;                 // [3][NTHREADS]
+};
+template <typename T> __host__ __device__ size_t carve_grad(GradSmem<T> &s, char *base, int KT, int Vc) {
+    Carver cv{0, base};
+    const size_t ldv = Vc + pad_of<T>();
+    s.dO = cv.take<T>(CH * ldv);
+    s.G = cv.take<T>(CH * ldv);
+    s.U = cv.take<T>(CH * ldv);
+    s.S0 = cv.take<T>(KT * ldv);
+    s.M0 = cv.take<T>(KT * ldv);
+    s.dS1 = cv.take<T>(KT * ldv);
+    s.dM1 = cv.take<T>(KT * ldv);
+    s.E = cv.take<float>((size_t)6 * CH * (KT + 1));
+    s.red = cv.take<float>(3 * NTHREADS);
+    return cv.off;
+}
+
+template <typename T, int KT>
+__global__ void __launch_bounds__(NTHREADS)
+    mdn_bwd_state_grads_kernel(Dims d, int Vc, const T *q, const T *k, const T *d_o, const T *Gin, const T *Uall,
+                               const T *Xall, const T *dXall, const float *vec, float *dQst, float *dPst,
+                               float *dKst, float *rowp, float *scal, float *F) {
+    extern __shared__ __align__(16) char smem[];
+    GradSmem<T> s;
+    carve_grad(s, smem, KT, Vc);
+    constexpr bool MMA = UseMma<T>::value;
+    constexpr int TPE = (CH / 16) * (KT / 8);          // 16 x 8 tiles per L x KT product
+    constexpr int NSE = 6 * TPE / (NTHREADS / 32);     // tiles per warp, six products
+    constexpr int NSF = 2 * (CH / 16) * (CH / 8) / (NTHREADS / 32);   // tiles per warp, F1 F2
+    constexpr int NS = NSE > NSF ? NSE : NSF;
+    const int nKt = d.K / KT, kt = blockIdx.x, bhc = blockIdx.y, n = bhc % d.NC, bh = bhc / d.NC;
+    const int h = bh % d.H, b = bh / d.H, t0 = n * CH, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int K = d.K, k0 = kt * KT, ldv = Vc + pad_of<T>();
+    const bool fcta = kt == nKt;
+    const T *dOs = s.dO, *Gs = s.G, *Us = s.U, *S0s = s.S0, *M0s = s.M0, *dS1s = s.dS1, *dM1s = s.dM1;
+
+    float acc[NS][4];
+#pragma unroll
+    for (int i = 0; i < NS; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float pss = 0.f, psm = 0.f, pmm = 0.f;
+
+    for (int v0 = 0; v0 < d.V; v0 += Vc) {
+        __syncthreads();
+        for (int e = tid; e < CH * Vc; e += blockDim.x) {
+            const int i = e / Vc, c = e % Vc;
+            const bool valid = t0 + i < d.T;
+            const size_t gi = (((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c;
+            s.dO[i * ldv + c] = valid ? d_o[gi] : from_f<T>(0.f);
+            s.G[i * ldv + c] = valid ? Gin[gi] : from_f<T>(0.f);
+            s.U[i * ldv + c] = Uall[((size_t)bhc * CH + i) * d.V + v0 + c];
+        }
+        if (!fcta)
+            for (int e = tid; e < KT * Vc; e += blockDim.x) {
+                const int r = e / Vc, c = e % Vc;
+                const size_t xs = ((size_t)bhc * 2 * K + k0 + r) * d.V + v0 + c, xm = xs + (size_t)K * d.V;
+                s.S0[r * ldv + c] = Xall[xs];
+                s.M0[r * ldv + c] = Xall[xm];
+                s.dS1[r * ldv + c] = dXall[xs];
+                s.dM1[r * ldv + c] = dXall[xm];
+                const float fs0 = to_f(Xall[xs]), fm0 = to_f(Xall[xm]), fds = to_f(dXall[xs]), fdm = to_f(dXall[xm]);
+                pss = fmaf(fds, fs0, pss);
+                psm = fmaf(fds, fm0, psm);
+                pmm = fmaf(fdm, fm0, pmm);
+            }
+        __syncthreads();
+        auto rowm = [](const T *A, int ld) { return [=](int i, int c) { return to_f(A[i * ld + c]); }; };
+        auto colm = [](const T *A, int ld) { return [=](int c, int r) { return to_f(A[r * ld + c]); }; };
+        if (!fcta) {
+#pragma unroll
+            for (int si = 0; si < NSE; si++) {
+                const int e = warp + (NTHREADS / 32) * si, which = e / TPE, tt = e % TPE;
+                const int m0 = (tt / (KT / 8)) * 16, n0 = (tt % (KT / 8)) * 8;
+                switch (which) {
+                case 0: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(dOs, ldv), colm(S0s, ldv)); break;
+                case 1: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(dOs, ldv), colm(M0s, ldv)); break;
+                case 2: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(Gs, ldv), colm(S0s, ldv)); break;
+                case 3: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(Gs, ldv), colm(M0s, ldv)); break;
+                case 4: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(Us, ldv), colm(dS1s, ldv)); break;
+                default: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(Us, ldv), colm(dM1s, ldv)); break;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int si = 0; si < NSF; si++) {
+                const int e = warp + (NTHREADS / 32) * si, which = e / ((CH / 16) * (CH / 8)),
+                          tt = e % ((CH / 16) * (CH / 8));
+                const int m0 = (tt / (CH / 8)) * 16, n0 = (tt % (CH / 8)) * 8;
+                if (which == 0) tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(dOs, ldv), colm(Us, ldv));
+                else tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(Gs, ldv), colm(Us, ldv));
+            }
+        }
+    }
+    const int g = lane >> 2, t = lane & 3;
+    if (fcta) {
+#pragma unroll
+        for (int si = 0; si < NSF; si++) {
+            const int e = warp + (NTHREADS / 32) * si, which = e / ((CH / 16) * (CH / 8)),
+                      tt = e % ((CH / 16) * (CH / 8));
+            const int m0 = (tt / (CH / 8)) * 16, n0 = (tt % (CH / 8)) * 8;
+            float *Fo = F + ((size_t)bhc * 2 + which) * CH * CH;
+            Fo[(m0 + g) * CH + n0 + 2 * t] = acc[si][0];
+            Fo[(m0 + g) * CH + n0 + 2 * t + 1] = acc[si][1];
+            Fo[(m0 + g + 8) * CH + n0 + 2 * t] = acc[si][2];
+            Fo[(m0 + g + 8) * CH + n0 + 2 * t + 1] = acc[si][3];
+        }
+        return;
+    }
+    const int lde = KT + 1;
+#pragma unroll
+    for (int si = 0; si < NSE; si++) {
+        const int e = warp + (NTHREADS / 32) * si, which = e / TPE, tt = e % TPE;
+        const int m0 = (tt / (KT / 8)) * 16, n0 = (tt % (KT / 8)) * 8;
+        float *E = s.E + which * CH * lde;
+        E[(m0 + g) * lde + n0 + 2 * t] = acc[si][0];
+        E[(m0 + g) * lde + n0 + 2 * t + 1] = acc[si][1];
+        E[(m0 + g + 8) * lde + n0 + 2 * t] = acc[si][2];
+        E[(m0 + g + 8) * lde + n0 + 2 * t + 1] = acc[si][3];
+    }
+    s.red[tid] = pss;
+    s.red[NTHREADS + tid] = psm;
+    s.red[2 * NTHREADS + tid] = pmm;
+    __syncthreads();
+    if (tid < 3) {   // fixed-order sum: reproducible
+        float sum = 0.f;
+        for (int i = 0; i < NTHREADS; i++) sum += s.red[tid * NTHREADS + i];
+        scal[((size_t)bhc * nKt + kt) * 3 + tid] = sum;
+    }
+    // combine: 4 threads per row i, each over every 4th column of the tile
+    const int i = tid >> 2, sub = tid & 3;
+    const float *vi = vec + (size_t)bhc * NVEC * CH;
+    const float a = vi[VEC_A * CH + i], bb = vi[VEC_B * CH + i];
+    const float aprev = i ? vi[VEC_A * CH + i - 1] : 1.f, bprev = i ? vi[VEC_B * CH + i - 1] : 0.f;
+    const float gg = vi[VEC_G * CH + i], hh = vi[VEC_H * CH + i], pa = vi[VEC_PA * CH + i], et = vi[VEC_ETA * CH + i];
+    const float qs = vi[VEC_RQ * CH + i] * d.qscale, rk = vi[VEC_RK * CH + i];
+    const bool valid = t0 + i < d.T;
+    const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K;
+    float r[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int cc = sub; cc < KT; cc += 4) {
+        const int kk = k0 + cc;
+        const float qb = valid ? to_f(q[rowbase + kk]) * qs : 0.f, kh = valid ? to_f(k[rowbase + kk]) * rk : 0.f;
+        const float e1 = s.E[0 * CH * lde + i * lde + cc], e2 = s.E[1 * CH * lde + i * lde + cc];
+        const float e3 = s.E[2 * CH * lde + i * lde + cc], e4 = s.E[3 * CH * lde + i * lde + cc];
+        const float e5 = s.E[4 * CH * lde + i * lde + cc], e6 = s.E[5 * CH * lde + i * lde + cc];
+        const size_t o = ((size_t)bhc * CH + i) * K + kk;
+        dQst[o] = a * e1 - bb * e2;
+        dPst[o] = -aprev * e3 + bprev * e4;
+        dKst[o] = gg * e5 - hh * e6;
+        r[RP_DA] += e1 * qb;
+        r[RP_DB] -= e2 * qb;
+        r[RP_DAP] -= e3 * pa * kh;
+        r[RP_DBP] += e4 * pa * kh;
+        r[RP_DG] += e5 * et * kh;
+        r[RP_DH] -= e6 * et * kh;
+    }
+#pragma unroll
+    for (int j = 0; j < NRP; j++) {
+        r[j] += __shfl_xor_sync(0xffffffffu, r[j], 1);
+        r[j] += __shfl_xor_sync(0xffffffffu, r[j], 2);
+    }
+    if (sub == 0)
+        for (int j = 0; j < NRP; j++) rowp[(((size_t)bhc * nKt + kt) * NRP + j) * CH + i] = r[j];
+}
+
+// ------------------------------------------------------------------------------------------------
+// backward, per chunk: L x L chain, gate gradients, preprocessing backward
+// ------------------------------------------------------------------------------------------------
+template <typename T> struct ChunkBwdSmem {
+    Coef c;
+    float *QK, *KK, *F1, *F2, *dG;                          // [CH][LDL]
+    float *rq, *rk, *da, *db, *dm, *dgv, *dhv, *dA, *dC, *dbeta, *dlad, *deta;   // [CH]
+    T *Khs, *Qhs;                                           // [CH][KS+pad]
+};
+template <typename T> __host__ __device__ size_t carve_chunk_bwd(ChunkBwdSmem<T> &s, char *base, int KS) {
+    Carver cv{0, base};
+    carve_coef(cv, s.c);
+    float **mats[] = {&s.QK, &s.KK, &s.F1, &s.F2, &s.dG};
+    for (int i = 0; i < 5; i++) *mats[i] = cv.take<float>(CH * LDL);
+    float **vecs[] = {&s.rq, &s.rk, &s.da, &s.db, &s.dm, &s.dgv, &s.dhv, &s.dA, &s.dC, &s.dbeta, &s.dlad, &s.deta};
+    for (int i = 0; i < 12; i++) *vecs[i] = cv.take<float>(CH);
+    s.Khs = cv.take<T>((size_t)CH * (KS + pad_of<T>()));
+    s.Qhs = cv.take<T>((size_t)CH * (KS + pad_of<T>()));
+    return cv.off;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(NTHREADS)
+    mdn_bwd_chunk_kernel(Dims d, int nKt, int KS, const T *q, const T *k, const float *log_alpha, const float *log_mu,
+                         const float *beta, const float *eta, const float *vec, float *dQst, float *dPst,
+                         float *dKst, const float *rowp, const float *scal, const float *F, T *dq, T *dk,
+                         float *dlog_alpha, float *dlog_mu, float *dbeta, float *deta) {
+    extern __shared__ __align__(16) char smem[];
+    ChunkBwdSmem<T> s;
+    carve_chunk_bwd(s, smem, KS);
+    const Coef &c = s.c;
+    constexpr bool MMA = UseMma<T>::value;
+    const int bhc = blockIdx.x, n = bhc % d.NC, bh = bhc / d.NC, h = bh % d.H, b = bh / d.H;
+    const int t0 = n * CH, tid = threadIdx.x, K = d.K, lds = KS + pad_of<T>();
+    float *QK = s.QK, *KK = s.KK, *F1 = s.F1, *F2 = s.F2, *dG = s.dG;
+    const float *G = c.G, *Ea = c.Ea, *Em = c.Em;
+
+    chunk_coef(c, d, b, h, t0, log_alpha, log_mu, beta, eta);
+    const float *vi = vec + (size_t)bhc * NVEC * CH;
+    if (tid < CH) {
+        const int i = tid;
+        s.rq[i] = vi[VEC_RQ * CH + i];
+        s.rk[i] = vi[VEC_RK * CH + i];
+        float rp[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, rn[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        float sss = 0.f, ssm = 0.f, smm = 0.f;
+        for (int kt = 0; kt < nKt; kt++) {
+            for (int j = 0; j < NRP; j++) {
+                rp[j] += rowp[(((size_t)bhc * nKt + kt) * NRP + j) * CH + i];
+                if (i + 1 < CH) rn[j] += rowp[(((size_t)bhc * nKt + kt) * NRP + j) * CH + i + 1];
+            }
+            sss += scal[((size_t)bhc * nKt + kt) * 3 + 0];
+            ssm += scal[((size_t)bhc * nKt + kt) * 3 + 1];
+            smm += scal[((size_t)bhc * nKt + kt) * 3 + 2];
+        }
+        const bool last = i == CH - 1;
+        // a_prev[i+1] = a[i], b_prev[i+1] = b[i]; the end-of-chunk state terms land on row L-1
+        s.da[i] = rp[RP_DA] + rn[RP_DAP] + (last ? sss : 0.f);
+        s.db[i] = rp[RP_DB] + rn[RP_DBP] - (last ? ssm : 0.f);
+        s.dm[i] = last ? smm : 0.f;
+        s.dgv[i] = rp[RP_DG];
+        s.dhv[i] = rp[RP_DH];
+    }
+    const float *Fi = F + (size_t)bhc * 2 * CH * CH;
+    for (int e = tid; e < CH * CH; e += blockDim.x) {
+        const int i = e / CH, j = e % CH;
+        F1[i * LDL + j] = Fi[e];
+        F2[i * LDL + j] = Fi[CH * CH + e];
+        QK[i * LDL + j] = 0.f;
+        KK[i * LDL + j] = 0.f;
+    }
+    __syncthreads();
+    // QK = Qbar Khat^T, KK = Khat Khat^T, accumulated over K slices
+    const T *Khs = s.Khs, *Qhs = s.Qhs;
+    auto load_slice = [&](int k0) {
+        for (int e = tid; e < CH * KS; e += blockDim.x) {
+            const int i = e / KS, cc = e % KS;
+            const bool valid = t0 + i < d.T;
+            const size_t gi = (((size_t)b * d.T + t0 + i) * d.H + h) * K + k0 + cc;
+            s.Khs[i * lds + cc] = from_f<T>(valid ? to_f(k[gi]) * s.rk[i] : 0.f);
+            s.Qhs[i * lds + cc] = from_f<T>(valid ? to_f(q[gi]) * s.rq[i] * d.qscale : 0.f);
+        }
+    };
+    for (int k0 = 0; k0 < K; k0 += KS) {
+        load_slice(k0);
+        __syncthreads();
+        auto fkt = [=](int cc, int j) { return to_f(Khs[j * lds + cc]); };
+        block_gemm<MMA>(
+            CH, CH, KS, [=](int i, int cc) { return to_f(Qhs[i * lds + cc]); }, fkt,
+            [=](int i, int j, float v) { QK[i * LDL + j] += v; });
+        block_gemm<MMA>(
+            CH, CH, KS, [=](int i, int cc) { return to_f(Khs[i * lds + cc]); }, fkt,
+            [=](int i, int j, float v) { KK[i * LDL + j] += v; });
+        __syncthreads();
+    }
+    const float *pa_src = vi + VEC_PA * CH;
+    // dGamma: from QKG = (Qbar Kk^T) o Gamma, from A = (P Kk^T) o Gamma_prev (dA = -F2, strictly
+    // lower), and the end-state factor g = Gamma[L-1,:]
+    for (int e = tid; e < CH * CH; e += blockDim.x) {
+        const int i = e / CH, j = e % CH;
+        float v = 0.f;
+        if (j <= i) {
+            v = F1[i * LDL + j] * QK[i * LDL + j] * c.et[j];
+            if (i + 1 < CH) v -= F2[(i + 1) * LDL + j] * pa_src[i + 1] * c.et[j] * KK[(i + 1) * LDL + j];
+            if (i == CH - 1) v += s.dgv[j];
+        }
+        dG[i * LDL + j] = v;
+    }
+    __syncthreads();
+    // Dq = F1 o Gamma (gradient of Qbar Kk^T), Dp = dA o Gamma_prev (gradient of P Kk^T), in place
+    for (int e = tid; e < CH * CH; e += blockDim.x) {
+        const int i = e / CH, j = e % CH;
+        F1[i * LDL + j] = j <= i ? F1[i * LDL + j] * G[i * LDL + j] : 0.f;
+        F2[i * LDL + j] = j < i ? -F2[i * LDL + j] * G[(i - 1) * LDL + j] : 0.f;
+    }
+    // Gamma = Ea diag(beta) Em, b = Ea (beta o m): P3 = dGamma Em^T (into QK), M2 = (Ea o beta)^T dGamma (into KK)
+    block_gemm<false>(
+        CH, CH, CH, [=](int i, int j) { return dG[i * LDL + j]; }, [=](int j, int l) { return Em[l * LDL + j]; },
+        [=](int i, int l, float v) { QK[i * LDL + l] = v; });
+    const float *be = c.be;
+    block_gemm<false>(
+        CH, CH, CH, [=](int l, int i) { return Ea[i * LDL + l] * be[l]; }, [=](int i, int j) { return dG[i * LDL + j]; },
+        [=](int l, int j, float v) { KK[l * LDL + j] = v; });
+    __syncthreads();
+    if (tid < CH) {
+        const int l = tid;
+        float s1 = 0.f, s2 = 0.f;
+        for (int i = l; i < CH; i++) {
+            s1 = fmaf(Ea[i * LDL + l], QK[i * LDL + l], s1);
+            s2 = fmaf(Ea[i * LDL + l], s.db[i], s2);
+        }
+        s.dbeta[l] = s1 + c.m[l] * s2;
+        s.dm[l] += c.be[l] * s2;
+    }
+    __syncthreads();
+    // Ra = dEa o Ea (into QK), Rm = dEm o Em (into KK)
+    for (int e = tid; e < CH * CH; e += blockDim.x) {
+        const int i = e / CH, l = e % CH;
+        const float dEa = l <= i ? (QK[i * LDL + l] + s.db[i] * c.m[l]) * c.be[l] : 0.f;
+        const float dEm = l <= i ? KK[i * LDL + l] + (i == CH - 1 ? s.dhv[l] : 0.f) : 0.f;
+        QK[i * LDL + l] = dEa * Ea[i * LDL + l];
+        KK[i * LDL + l] = dEm * Em[i * LDL + l];
+    }
+    __syncthreads();
+    if (tid < CH) {
+        const int i = tid;
+        float ra = 0.f, rm = 0.f;
+        for (int l = 0; l < CH; l++) {
+            ra += QK[i * LDL + l] - QK[l * LDL + i];
+            rm += KK[i * LDL + l] - KK[l * LDL + i];
+        }
+        s.dA[i] = ra + s.da[i] * c.a[i];
+        s.dC[i] = rm + s.dm[i] * c.m[i];
+    }
+    __syncthreads();
+    // K slices: dqbar = dQst + Dq (eta o khat); dkappa = dKst + Dq^T qbar + Dp^T (pa o khat);
+    // dp = dPst + Dp (eta o khat). Then dkhat = eta dkappa + pa dp, dqhat = K^-1/2 dqbar.
+    const int i = tid >> 2, sub = tid & 3;
+    const bool valid = t0 + i < d.T;
+    const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K;
+    const size_t wsrow = ((size_t)bhc * CH + i) * K;
+    const float et_i = c.et[i], pa_i = pa_src[i], rq_i = s.rq[i], rk_i = s.rk[i];
+    float deta_acc = 0.f, dpa_acc = 0.f, dotq = 0.f, dotk = 0.f;
+    float *O1 = QK, *O2 = KK, *O3 = dG;   // [CH][LDL] hold [CH][KS] slices (KS <= CH)
+    const float *et = c.et;
+    for (int k0 = 0; k0 < K; k0 += KS) {
+        load_slice(k0);
+        __syncthreads();
+        auto fetak = [=](int j, int cc) { return et[j] * to_f(Khs[j * lds + cc]); };
+        block_gemm<MMA>(
+            CH, KS, CH, [=](int i2, int j) { return F1[i2 * LDL + j]; }, fetak,
+            [=](int i2, int cc, float v) { O1[i2 * LDL + cc] = v; });
+        block_gemm2<MMA>(
+            CH, KS, CH, [=](int j, int i2) { return F1[i2 * LDL + j]; }, [=](int i2, int cc) { return to_f(Qhs[i2 * lds + cc]); },
+            CH, [=](int j, int i2) { return F2[i2 * LDL + j]; },
+            [=](int i2, int cc) { return pa_src[i2] * to_f(Khs[i2 * lds + cc]); },
+            [=](int j, int cc, float v) { O2[j * LDL + cc] = v; });
+        block_gemm<MMA>(
+            CH, KS, CH, [=](int i2, int j) { return F2[i2 * LDL + j]; }, fetak,
+            [=](int i2, int cc, float v) { O3[i2 * LDL + cc] = v; });
+        __syncthreads();
+        for (int cc = sub; cc < KS; cc += 4) {
+            const int kk = k0 + cc;
+            const float qh = valid ? to_f(q[rowbase + kk]) * rq_i : 0.f, kh = valid ? to_f(k[rowbase + kk]) * rk_i : 0.f;
+            const float dqbar = dQst[wsrow + kk] + O1[i * LDL + cc];
+            const float dkap = dKst[wsrow + kk] + O2[i * LDL + cc];
+            const float dp = dPst[wsrow + kk] + O3[i * LDL + cc];
+            deta_acc = fmaf(dkap, kh, deta_acc);
+            dpa_acc = fmaf(dp, kh, dpa_acc);
+            const float dkh = et_i * dkap + pa_i * dp, dqh = d.qscale * dqbar;
+            dotq = fmaf(dqh, qh, dotq);
+            dotk = fmaf(dkh, kh, dotk);
+            dQst[wsrow + kk] = dqh;
+            dKst[wsrow + kk] = dkh;
+        }
+        __syncthreads();
+    }
+    float red[4] = {deta_acc, dpa_acc, dotq, dotk};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        red[j] += __shfl_xor_sync(0xffffffffu, red[j], 1);
+        red[j] += __shfl_xor_sync(0xffffffffu, red[j], 2);
+    }
+    // L2 norm backward: dx = r (dy - <dy, y> y)
+    if (valid)
+        for (int cc = sub; cc < K; cc += 4) {
+            const float qh = to_f(q[rowbase + cc]) * rq_i, kh = to_f(k[rowbase + cc]) * rk_i;
+            if (dq) dq[rowbase + cc] = from_f<T>(rq_i * (dQst[wsrow + cc] - red[2] * qh));
+            if (dk) dk[rowbase + cc] = from_f<T>(rk_i * (dKst[wsrow + cc] - red[3] * kh));
+        }
+    if (sub == 0) {
+        s.deta[i] = red[0];
+        s.dlad[i] = d.use_p ? c.al[i] * red[1] : 0.f;   // p = alpha khat
+    }
+    __syncthreads();
+    if (tid == 0) {   // reverse cumulative sums (log alpha, log mu are summed into A, C)
+        double sa = 0.0, sc = 0.0;
+        for (int r = CH - 1; r >= 0; r--) {
+            sa += s.dA[r];
+            sc += s.dC[r];
+            if (t0 + r < d.T) {
+                const size_t gi = ((size_t)b * d.T + t0 + r) * d.H + h;
+                if (dlog_alpha) dlog_alpha[gi] = (float)sa + s.dlad[r];
+                if (dlog_mu) dlog_mu[gi] = (float)sc;
+                if (dbeta) dbeta[gi] = s.dbeta[r];
+                if (deta) deta[gi] = s.deta[r];
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// host side
+// ------------------------------------------------------------------------------------------------
+const char *mdn_cuda_check_shape(const MdnCudaShape *sh) {
+    if (sh->B < 1 || sh->T < 1 || sh->H < 1) return "B, T, H must be positive";
+    if (sh->K < 16 || sh->K > 256 || sh->K % 16 != 0 || (sh->K > 64 && sh->K % 64 != 0))
+        return "K must be 16, 32, 48, 64, 128, 192 or 256";
+    if (sh->V < 16 || sh->V % 16 != 0 || (sh->V > 64 && sh->V % 64 != 0))
+        return "V must be a multiple of 16 up to 64, or a multiple of 64";
+    if (sh->dtype != MDN_DTYPE_F32 && sh->dtype != MDN_DTYPE_BF16) return "unknown dtype";
+    return 0;
+}
+
+struct Plan {
+    Dims d;
+    int KT, nKt, Vc, KS;
+    size_t esize;
+    size_t vec, tinv, qkg, fwd_total;                          // forward workspace
+    size_t x, dx, u, g, dqs, dps, dks, rowp, scal, f, bwd_total; // backward (after the forward part)
+};
+
+static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+template <typename T> static size_t state_smem(int K, int Vt) {
+    StateSmem<T> s;
+    return carve_state<T>(s, nullptr, K, Vt);
+}
+
+static Plan make_plan(const MdnCudaShape *sh) {
+    Plan p;
+    Dims &d = p.d;
+    d.B = sh->B; d.T = sh->T; d.H = sh->H; d.K = sh->K; d.V = sh->V;
+    d.NC = (sh->T + CH - 1) / CH;
+    d.use_p = sh->use_p_times_alpha;
+    d.qscale = 1.0f / sqrtf((float)sh->K);
+    const bool bf = sh->dtype == MDN_DTYPE_BF16;
+    p.esize = bf ? 2 : 4;
+    // V tile of the state passes: the float32 state block [2K x Vt] at most 64 KB, within the
+    // shared-memory limit, and dividing V
+    d.Vt = 16;
+    for (int vt = 64; vt >= 16; vt /= 2) {
+        if (sh->V % vt != 0 || 2 * sh->K * vt > 16384) continue;
+        size_t smem = bf ? state_smem<__nv_bfloat16>(sh->K, vt) : state_smem<float>(sh->K, vt);
+        if (smem <= 227 * 1024) { d.Vt = vt; break; }
+    }
+    p.KT = sh->K % 32 == 0 ? 32 : 16;
+    p.nKt = sh->K / p.KT;
+    p.Vc = sh->V < 64 ? sh->V : 64;
+    p.KS = sh->K < 64 ? sh->K : 64;
+    const size_t nbhc = (size_t)sh->B * sh->H * d.NC;
+    size_t off = 0;
+    p.vec = off; off = align256(off + nbhc * NVEC * CH * 4);
+    p.tinv = off; off = align256(off + nbhc * CH * CH * p.esize);
+    p.qkg = off; off = align256(off + nbhc * CH * CH * p.esize);
+    p.fwd_total = off;
+    p.x = off; off = align256(off + nbhc * 2 * sh->K * sh->V * p.esize);
+    p.dx = off; off = align256(off + nbhc * 2 * sh->K * sh->V * p.esize);
+    p.u = off; off = align256(off + nbhc * CH * sh->V * p.esize);
+    p.g = off; off = align256(off + (size_t)sh->B * sh->T * sh->H * sh->V * p.esize);
+    p.dqs = off; off = align256(off + nbhc * CH * sh->K * 4);
+    p.dps = off; off = align256(off + nbhc * CH * sh->K * 4);
+    p.dks = off; off = align256(off + nbhc * CH * sh->K * 4);
+    p.rowp = off; off = align256(off + nbhc * p.nKt * NRP * CH * 4);
+    p.scal = off; off = align256(off + nbhc * p.nKt * 3 * 4);
+    p.f = off; off = align256(off + nbhc * 2 * CH * CH * 4);
+    p.bwd_total = off;
+    return p;
+}
+
+size_t mdn_chunk_forward_workspace_size(const MdnCudaShape *shape) {
+    if (mdn_cuda_check_shape(shape)) return 0;
+    return make_plan(shape).fwd_total;
+}
+size_t mdn_chunk_backward_workspace_size(const MdnCudaShape *shape) {
+    if (mdn_cuda_check_shape(shape)) return 0;
+    return make_plan(shape).bwd_total;
+}
+
+// raise a kernel's dynamic shared-memory limit to what this launch needs, then launch
+template <typename Kern, typename... Args>
+static cudaError_t launch(Kern kern, dim3 grid, size_t smem, cudaStream_t stream, Args... args) {
+    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess) return err;
+    kern<<<grid, NTHREADS, smem, stream>>>(args...);
+    return cudaGetLastError();
+}
+
+template <typename T>
+static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, char *ws, bool store, T *o,
+                                     float *S_final, float *M_final, cudaStream_t stream) {
+    const Dims &d = p.d;
+    const unsigned nbhc = (unsigned)(d.B * d.H * d.NC);
+    PrepSmem<T> ps;
+    const size_t prep_smem = carve_prep<T>(ps, nullptr, d.K);
+    float *vec = (float *)(ws + p.vec);
+    T *tinv = (T *)(ws + p.tinv), *qkg = (T *)(ws + p.qkg);
+    cudaError_t err = launch(mdn_prepare_kernel<T>, dim3(nbhc), prep_smem, stream, d, (const T *)in->q,
+                             (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, tinv, qkg);
+    if (err != cudaSuccess) return err;
+    const dim3 grid(d.V / d.Vt, d.B * d.H);
+    const size_t smem = state_smem<T>(d.K, d.Vt);
+    if (store)
+        return launch(mdn_state_fwd_kernel<T, true>, grid, smem, stream, d, (const T *)in->q, (const T *)in->k,
+                      (const T *)in->v, in->S0, in->M0, (const float *)vec, (const T *)tinv, (const T *)qkg, (T *)nullptr,
+                      (float *)nullptr, (float *)nullptr, (T *)(ws + p.x), (T *)(ws + p.u));
+    return launch(mdn_state_fwd_kernel<T, false>, grid, smem, stream, d, (const T *)in->q, (const T *)in->k,
+                  (const T *)in->v, in->S0, in->M0, (const float *)vec, (const T *)tinv, (const T *)qkg, o, S_final,
+                  M_final, (T *)nullptr, (T *)nullptr);
+}
+
+cudaError_t mdn_chunk_forward_cuda(const MdnCudaShape *shape, const MdnCudaInputs *in, void *o, float *S_final,
+                                   float *M_final, void *workspace, cudaStream_t stream) {
+    if (mdn_cuda_check_shape(shape)) return cudaErrorInvalidValue;
+    const Plan p = make_plan(shape);
+    if (shape->dtype == MDN_DTYPE_BF16)
+        return prepare_and_state<__nv_bfloat16>(p, in, (char *)workspace, false, (__nv_bfloat16 *)o, S_final, M_final,
+                                                stream);
+    return prepare_and_state<float>(p, in, (char *)workspace, false, (float *)o, S_final, M_final, stream);
+}
+
+template <typename T>
+static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T *d_o, const float *dS_final,
+                                 const float *dM_final, MdnCudaGrads *gr, char *ws, cudaStream_t stream) {
+    const Dims &d = p.d;
+    cudaError_t err = prepare_and_state<T>(p, in, ws, true, nullptr, nullptr, nullptr, stream);
+    if (err != cudaSuccess) return err;
+    const unsigned nbhc = (unsigned)(d.B * d.H * d.NC);
+    const float *vec = (const float *)(ws + p.vec);
+    const T *tinv = (const T *)(ws + p.tinv), *qkg = (const T *)(ws + p.qkg);
+    T *G = gr->dv ? (T *)gr->dv : (T *)(ws + p.g);
+    err = launch(mdn_state_bwd_kernel<T>, dim3(d.V / d.Vt, d.B * d.H), state_smem<T>(d.K, d.Vt), stream, d,
+                 (const T *)in->q, (const T *)in->k, d_o, dS_final, dM_final, vec, tinv, qkg, G, (T *)(ws + p.dx),
+                 gr->dS0, gr->dM0);
+    if (err != cudaSuccess) return err;
+    GradSmem<T> gs;
+    const size_t gsmem = carve_grad<T>(gs, nullptr, p.KT, p.Vc);
+    float *dqs = (float *)(ws + p.dqs), *dps = (float *)(ws + p.dps), *dks = (float *)(ws + p.dks);
+    float *rowp = (float *)(ws + p.rowp), *scal = (float *)(ws + p.scal), *F = (float *)(ws + p.f);
+    const dim3 ggrid(p.nKt + 1, nbhc);
+    if (p.KT == 32)
+        err = launch(mdn_bwd_state_grads_kernel<T, 32>, ggrid, gsmem, stream, d, p.Vc, (const T *)in->q,
+                     (const T *)in->k, d_o, (const T *)G, (const T *)(ws + p.u), (const T *)(ws + p.x),
+                     (const T *)(ws + p.dx), vec, dqs, dps, dks, rowp, scal, F);
+    else
+        err = launch(mdn_bwd_state_grads_kernel<T, 16>, ggrid, gsmem, stream, d, p.Vc, (const T *)in->q,
+                     (const T *)in->k, d_o, (const T *)G, (const T *)(ws + p.u), (const T *)(ws + p.x),
+                     (const T *)(ws + p.dx), vec, dqs, dps, dks, rowp, scal, F);
+    if (err != cudaSuccess) return err;
+    ChunkBwdSmem<T> cs;
+    const size_t csmem = carve_chunk_bwd<T>(cs, nullptr, p.KS);
+    return launch(mdn_bwd_chunk_kernel<T>, dim3(nbhc), csmem, stream, d, p.nKt, p.KS, (const T *)in->q,
+                  (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, dqs, dps, dks,
+                  (const float *)rowp, (const float *)scal, (const float *)F, (T *)gr->dq, (T *)gr->dk,
+                  gr->dlog_alpha, gr->dlog_mu, gr->dbeta, gr->deta);
+}
+
+cudaError_t mdn_chunk_backward_cuda(const MdnCudaShape *shape, const MdnCudaInputs *in, const void *d_o,
+                                    const float *dS_final, const float *dM_final, MdnCudaGrads *grads,
+                                    void *workspace, cudaStream_t stream) {
+    if (mdn_cuda_check_shape(shape)) return cudaErrorInvalidValue;
+    const Plan p = make_plan(shape);
+    if (shape->dtype == MDN_DTYPE_BF16)
+        return backward_impl<__nv_bfloat16>(p, in, (const __nv_bfloat16 *)d_o, dS_final, dM_final, grads,
+                                            (char *)workspace, stream);
+    return backward_impl<float>(p, in, (const float *)d_o, dS_final, dM_final, grads, (char *)workspace, stream);
+}
