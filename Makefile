@@ -72,7 +72,7 @@ train_mdn_cpu: train_mdn.c build/libmdn_f32.a $(HEADERS)
 test_mdn: test_mdn.c build/libmdn_f32.a $(if $(NVCC),build/libmdn_cuda.a) $(HEADERS)
 	$(if $(NVCC),$(NVCC) $(NVCCFLAGS) -x cu $(CUDA_DEFS),$(CC) $(CFLAGS)) $< build/libmdn_f32.a $(if $(NVCC),build/libmdn_cuda.a $(CUDA_LDLIBS)) -o $@ $(LDLIBS)
 mdn_tokenize: mdn_tokenize.c build/libmdn_f32.a $(HEADERS)
-	$(CC) $(CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS) -lpthread
+	$(CC) $(CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS) -lpthread -lz
 # the op checker computes the CPU forms in double: it is the reference
 dev/mdn_op: dev/mdn_op.c build/libmdn_f64.a $(if $(NVCC),build/libmdn_cuda.a) $(HEADERS)
 	$(if $(NVCC),$(NVCC) $(NVCCFLAGS) -x cu $(CUDA_DEFS) -DMDN_DOUBLE,$(CC) $(CFLAGS) -DMDN_DOUBLE) $< build/libmdn_f64.a $(if $(NVCC),build/libmdn_cuda.a $(CUDA_LDLIBS)) -o $@ $(LDLIBS)
