@@ -69,13 +69,27 @@ build/libmdn_cuda.a: $(CUDA_OBJS)
 # the CPU trainer: float build, MPI when available
 train_mdn_cpu: train_mdn.c build/libmdn_f32.a $(HEADERS)
 	$(CC) $(CFLAGS) $(MPI_CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS) $(MPI_LDLIBS)
+# with nvcc, test_mdn.c and dev/mdn_op.c are compiled as CUDA C++ first and linked separately:
+# nvcc's -x cu would apply to the libraries too, and nvcc rejects -fopenmp (CUDA_LDLIBS has -lgomp)
 test_mdn: test_mdn.c build/libmdn_f32.a $(if $(NVCC),build/libmdn_cuda.a) $(HEADERS)
-	$(if $(NVCC),$(NVCC) $(NVCCFLAGS) -x cu $(CUDA_DEFS),$(CC) $(CFLAGS)) $< build/libmdn_f32.a $(if $(NVCC),build/libmdn_cuda.a $(CUDA_LDLIBS)) -o $@ $(LDLIBS)
+ifneq ($(NVCC),)
+	@mkdir -p build/cuda
+	$(NVCC) $(NVCCFLAGS) -x cu $(CUDA_DEFS) -c $< -o build/cuda/test_mdn.o
+	$(NVCC) $(NVCCFLAGS) build/cuda/test_mdn.o build/libmdn_f32.a build/libmdn_cuda.a -o $@ $(CUDA_LDLIBS)
+else
+	$(CC) $(CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS)
+endif
 mdn_tokenize: mdn_tokenize.c build/libmdn_f32.a $(HEADERS)
 	$(CC) $(CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS) -lpthread -lz
 # the op checker computes the CPU forms in double: it is the reference
 dev/mdn_op: dev/mdn_op.c build/libmdn_f64.a $(if $(NVCC),build/libmdn_cuda.a) $(HEADERS)
-	$(if $(NVCC),$(NVCC) $(NVCCFLAGS) -x cu $(CUDA_DEFS) -DMDN_DOUBLE,$(CC) $(CFLAGS) -DMDN_DOUBLE) $< build/libmdn_f64.a $(if $(NVCC),build/libmdn_cuda.a $(CUDA_LDLIBS)) -o $@ $(LDLIBS)
+ifneq ($(NVCC),)
+	@mkdir -p build/cuda/dev
+	$(NVCC) $(NVCCFLAGS) -x cu $(CUDA_DEFS) -DMDN_DOUBLE -c $< -o build/cuda/dev/mdn_op.o
+	$(NVCC) $(NVCCFLAGS) build/cuda/dev/mdn_op.o build/libmdn_f64.a build/libmdn_cuda.a -o $@ $(CUDA_LDLIBS)
+else
+	$(CC) $(CFLAGS) -DMDN_DOUBLE $< build/libmdn_f64.a -o $@ $(LDLIBS)
+endif
 
 train_mdn: train_mdn.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) $(MPI_CFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS) $(MPI_LDLIBS) -lnccl

@@ -1,0 +1,158 @@
+// test_mdn: check this build's model against a reference state (design.md, "Reference state").
+//   test_mdn --model DIR --state FILE [--device cpu|cuda] [--out FILE]
+// DIR holds config.json + model.safetensors (fla's format); FILE holds input_ids, labels [B,T],
+// loss [1], logits [B,T,N] and grad.<name> for every parameter. One forward and backward in
+// float32; prints the relative error ||ours - ref|| / ||ref|| of the loss, the logits and every
+// gradient, and exits 0 only if the loss and logits are within 1e-5 and every gradient within 1e-4.
+// --out FILE writes our input_ids, labels, loss, logits and gradients in the same format.
+// This file is also compiled as CUDA C++ (nvcc -x cu) when nvcc exists: keep it valid C++.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "common/safetensors.h"
+#include "common/utils.h"
+#include "layers/model.h"
+#ifdef __cplusplus
+}
+#endif
+
+#define TOL_LOSS 1e-5
+#define TOL_LOGITS 1e-5
+#define TOL_GRAD 1e-4
+
+static double rel_error(const real *ours, const float *ref, size_t n) {
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)ours[i] - (double)ref[i];
+        diff += d * d;
+        norm += (double)ref[i] * ref[i];
+    }
+    if (norm == 0) return sqrt(diff);   // a zero reference: the absolute error
+    return sqrt(diff / norm);
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: test_mdn --model DIR --state FILE [--device cpu|cuda] [--out FILE]\n");
+    exit(EXIT_FAILURE);
+}
+
+// the reference tensor `name` with the given shape, as float (dies naming the file otherwise)
+static float *load_ref(const SafeTensors *st, const char *name, int ndim, const int64_t *shape) {
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+    float *out = (float *)xmalloc(n * sizeof(float));
+    char err[512];
+    if (st_get_f32(st, name, ndim, shape, out, err, sizeof err) != 0) die("%s", err);
+    return out;
+}
+
+static void write_state(const char *path, const Model *m, const int32_t *ids, const int32_t *labels,
+                        const float *logits, float loss) {
+    int64_t bt[2] = {m->B, m->T}, lshape[3] = {m->B, m->T, m->config.vocab_size}, one[1] = {1};
+    StWriter w;
+    st_writer_init(&w);
+    st_writer_add(&w, "input_ids", ST_I32, 2, bt, ids);
+    st_writer_add(&w, "labels", ST_I32, 2, bt, labels);
+    st_writer_add(&w, "loss", ST_F32, 1, one, &loss);
+    st_writer_add(&w, "logits", ST_F32, 3, lshape, logits);
+    char **names = (char **)xcalloc((size_t)m->num_tensors, sizeof(char *));
+    for (int i = 0; i < m->num_tensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        names[i] = (char *)xmalloc(strlen(t->name) + 6);
+        snprintf(names[i], strlen(t->name) + 6, "grad.%s", t->name);
+        st_writer_add(&w, names[i], ST_F32, t->ndim, t->shape, m->grads + t->offset);
+    }
+    char err[512];
+    if (st_writer_save(&w, path, err, sizeof err) != 0) die("%s", err);
+    st_writer_free(&w);
+    for (int i = 0; i < m->num_tensors; i++) free(names[i]);
+    free(names);
+}
+
+int main(int argc, char **argv) {
+    const char *model_dir = NULL, *state_path = NULL, *device = "cpu", *out_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (i + 1 >= argc) usage();
+        if (strcmp(argv[i], "--model") == 0) model_dir = argv[++i];
+        else if (strcmp(argv[i], "--state") == 0) state_path = argv[++i];
+        else if (strcmp(argv[i], "--device") == 0) device = argv[++i];
+        else if (strcmp(argv[i], "--out") == 0) out_path = argv[++i];
+        else usage();
+    }
+    if (model_dir == NULL || state_path == NULL) usage();
+    if (strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0) die("--device: expected cpu or cuda, not \"%s\"", device);
+    if (strcmp(device, "cuda") == 0) {
+        // the one place the CUDA model will be wired in
+#ifdef MDN_CUDA
+        die("--device cuda: the CUDA model is not available yet (layers/*.cu); use --device cpu");
+#else
+        die("--device cuda: this test_mdn was built without CUDA (nvcc not found)");
+#endif
+    }
+
+    char err[512];
+    SafeTensors st;
+    if (st_read(&st, state_path, err, sizeof err) != 0) die("%s", err);
+    const StTensor *ids_t = st_find(&st, "input_ids");
+    if (ids_t == NULL || ids_t->ndim != 2) die("%s: input_ids [B,T] is missing", state_path);
+    int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1];
+    if (B <= 0 || T <= 0) die("%s: input_ids is empty", state_path);
+    int64_t bt[2] = {B, T};
+    int32_t *ids = (int32_t *)xmalloc((size_t)B * T * sizeof(int32_t));
+    int32_t *labels = (int32_t *)xmalloc((size_t)B * T * sizeof(int32_t));
+    if (st_get_i32(&st, "input_ids", 2, bt, ids, err, sizeof err) != 0) die("%s", err);
+    if (st_get_i32(&st, "labels", 2, bt, labels, err, sizeof err) != 0) die("%s", err);
+
+    Model *m = model_load_hf(model_dir, B, T, err, sizeof err);
+    if (m == NULL) die("%s", err);
+    int N = m->config.vocab_size;
+    int64_t one[1] = {1}, lshape[3] = {B, T, N};
+    float *ref_loss = load_ref(&st, "loss", 1, one);
+    float *ref_logits = load_ref(&st, "logits", 3, lshape);
+    int *inputs = (int *)xmalloc((size_t)B * T * sizeof(int));
+    int *targets = (int *)xmalloc((size_t)B * T * sizeof(int));
+    for (int i = 0; i < B * T; i++) { inputs[i] = ids[i]; targets[i] = labels[i]; }
+
+    printf("model %s (%zu params), state %s: B %d, T %d, device %s\n", model_dir, m->num_params, state_path, B, T, device);
+    int ok = 1;
+    real loss = model_forward(m, inputs, targets, B, T);
+    double e = fabs((double)loss - ref_loss[0]) / fabs((double)ref_loss[0]);
+    printf("%-55s %.3e %s (ours %.7f, ref %.7f)\n", "loss", e, e <= TOL_LOSS ? "ok" : "FAIL", (double)loss, ref_loss[0]);
+    ok &= e <= TOL_LOSS;
+    e = rel_error(m->logits, ref_logits, (size_t)B * T * N);
+    printf("%-55s %.3e %s\n", "logits", e, e <= TOL_LOGITS ? "ok" : "FAIL");
+    ok &= e <= TOL_LOGITS;
+    float *our_logits = NULL;
+    if (out_path != NULL) {   // the backward overwrites the logits: keep them for --out
+        our_logits = (float *)xmalloc((size_t)B * T * N * sizeof(float));
+        for (size_t i = 0; i < (size_t)B * T * N; i++) our_logits[i] = (float)m->logits[i];
+    }
+
+    model_zero_grad(m);
+    model_backward(m, 1);
+    double worst = 0;
+    for (int i = 0; i < m->num_tensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        char name[MODEL_MAX_NAME + 8];
+        snprintf(name, sizeof name, "grad.%s", t->name);
+        float *ref = load_ref(&st, name, t->ndim, t->shape);
+        e = rel_error(m->grads + t->offset, ref, t->numel);
+        printf("%-55s %.3e %s\n", name, e, e <= TOL_GRAD ? "ok" : "FAIL");
+        ok &= e <= TOL_GRAD;
+        worst = e > worst ? e : worst;
+        free(ref);
+    }
+    printf("worst gradient rel. error %.3e\n", worst);
+    if (out_path != NULL) write_state(out_path, m, ids, labels, our_logits, (float)loss);
+    printf("%s\n", ok ? "OK: all within tolerance" : "FAILED: some errors above tolerance");
+
+    free(our_logits); free(ref_loss); free(ref_logits); free(inputs); free(targets); free(ids); free(labels);
+    model_free(m);
+    st_free(&st);
+    return ok ? 0 : 1;
+}
