@@ -71,14 +71,25 @@ static inline uint64_t hash_bytes(const uint8_t *p, size_t n) {
     return h ^ (h >> 29);
 }
 
-static inline int vocab_lookup(const Tokenizer *tok, const uint8_t *p, size_t n) {
+// tokens are short: an inline loop beats a call to memcmp
+static inline int bytes_equal(const char *a, const uint8_t *b, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if ((uint8_t)a[i] != b[i]) return 0;
+    return 1;
+}
+
+static inline int vocab_lookup_hashed(const Tokenizer *tok, const uint8_t *p, size_t n, uint64_t hash) {
     if (n > (size_t)tok->max_token_bytes) return -1;
-    for (uint64_t slot = hash_bytes(p, n) & tok->table_mask;; slot = (slot + 1) & tok->table_mask) {
+    for (uint64_t slot = hash & tok->table_mask;; slot = (slot + 1) & tok->table_mask) {
         int32_t id = tok->table[slot];
         if (id < 0) return -1;
         int64_t off = tok->token_offset[id];
-        if ((size_t)(tok->token_offset[id + 1] - off) == n && memcmp(tok->token_bytes + off, p, n) == 0) return id;
+        if ((size_t)(tok->token_offset[id + 1] - off) == n && bytes_equal(tok->token_bytes + off, p, n)) return id;
     }
+}
+
+static inline int vocab_lookup(const Tokenizer *tok, const uint8_t *p, size_t n) {
+    return vocab_lookup_hashed(tok, p, n, hash_bytes(p, n));
 }
 
 static void vocab_insert(Tokenizer *tok, int id) {
@@ -261,6 +272,7 @@ void token_list_free(TokenList *list) {
 
 void bpe_scratch_free(BpeScratch *scratch) {
     free(scratch->next); free(scratch->prev); free(scratch->pair_rank); free(scratch->heap);
+    free(scratch->cache); free(scratch->cache_bytes); free(scratch->cache_ids);
     memset(scratch, 0, sizeof *scratch);
 }
 
@@ -292,9 +304,58 @@ static uint64_t heap_pop(uint64_t *heap, size_t *n) {
     return top;
 }
 
+// The merge of pieces that are not tokens is cached per thread: words repeat, and a hit costs one
+// hash probe instead of a merge. The cache is emptied when half full.
+static int cache_find(const BpeScratch *s, const uint8_t *p, size_t n, uint64_t hash, TokenList *out) {
+    for (uint64_t slot = hash & (BPE_CACHE_SLOTS - 1);; slot = (slot + 1) & (BPE_CACHE_SLOTS - 1)) {
+        const BpeCacheEntry *e = &s->cache[slot];
+        if (e->nids == 0) return 0;
+        if (e->hash == hash && e->len == n && bytes_equal(s->cache_bytes + e->bytes_at, p, n)) {
+            for (int i = 0; i < e->nids; i++) token_list_push(out, s->cache_ids[e->ids_at + (uint32_t)i]);
+            return 1;
+        }
+    }
+}
+
+static void cache_insert(BpeScratch *s, const uint8_t *p, size_t n, uint64_t hash, const uint16_t *ids, size_t nids) {
+    if (s->cache == NULL) {
+        s->cache = (BpeCacheEntry *)xcalloc(BPE_CACHE_SLOTS, sizeof(BpeCacheEntry));
+        s->cache_bytes = (char *)xmalloc(BPE_CACHE_SLOTS / 2 * BPE_CACHE_MAX_BYTES);
+        s->cache_ids = (uint16_t *)xmalloc(BPE_CACHE_SLOTS / 2 * BPE_CACHE_MAX_BYTES * sizeof(uint16_t));
+    }
+    if (s->cache_used >= BPE_CACHE_SLOTS / 2) {
+        memset(s->cache, 0, BPE_CACHE_SLOTS * sizeof(BpeCacheEntry));
+        s->cache_used = s->cache_bytes_used = s->cache_ids_used = 0;
+    }
+    uint64_t slot = hash & (BPE_CACHE_SLOTS - 1);
+    while (s->cache[slot].nids != 0) slot = (slot + 1) & (BPE_CACHE_SLOTS - 1);
+    BpeCacheEntry *e = &s->cache[slot];
+    e->hash = hash;
+    e->len = (uint16_t)n;
+    e->nids = (uint16_t)nids;
+    e->bytes_at = s->cache_bytes_used;
+    e->ids_at = s->cache_ids_used;
+    memcpy(s->cache_bytes + e->bytes_at, p, n);
+    memcpy(s->cache_ids + e->ids_at, ids, nids * sizeof(uint16_t));
+    s->cache_bytes_used += (uint32_t)n;
+    s->cache_ids_used += (uint32_t)nids;
+    s->cache_used++;
+}
+
+static void bpe_merge(const Tokenizer *tok, BpeScratch *s, const uint8_t *p, size_t n, TokenList *out);
+
 static void bpe_piece(const Tokenizer *tok, BpeScratch *s, const uint8_t *p, size_t n, TokenList *out) {
-    int whole = vocab_lookup(tok, p, n);
+    uint64_t hash = hash_bytes(p, n);
+    int whole = vocab_lookup_hashed(tok, p, n, hash);
     if (whole >= 0) { token_list_push(out, (uint16_t)whole); return; }
+    if (n > BPE_CACHE_MAX_BYTES) { bpe_merge(tok, s, p, n, out); return; }
+    if (s->cache != NULL && cache_find(s, p, n, hash, out)) return;
+    size_t first = out->len;
+    bpe_merge(tok, s, p, n, out);
+    cache_insert(s, p, n, hash, out->ids + first, out->len - first);
+}
+
+static void bpe_merge(const Tokenizer *tok, BpeScratch *s, const uint8_t *p, size_t n, TokenList *out) {
     if (n > s->capacity) {
         s->capacity = n < 256 ? 256 : 2 * n;
         s->next = (int32_t *)xrealloc(s->next, s->capacity * sizeof(int32_t));

@@ -33,11 +33,25 @@ typedef struct {
     uint8_t *char_class;        // [0x110000]: the pattern's class of each code point
 } Tokenizer;
 
-// Per-thread working memory of the BPE merge (grows to the longest piece seen); zero-initialise.
+#define BPE_CACHE_SLOTS (1 << 16)
+#define BPE_CACHE_MAX_BYTES 32  // longer pieces are merged every time
+
+typedef struct {
+    uint64_t hash;
+    uint32_t bytes_at, ids_at;  // into cache_bytes, cache_ids
+    uint16_t len, nids;         // nids == 0: an empty slot
+} BpeCacheEntry;
+
+// Per-thread working memory of the BPE merge (grows to the longest piece seen) and the cache of
+// merged pieces; zero-initialise, free with bpe_scratch_free.
 typedef struct {
     int32_t *next, *prev, *pair_rank;
     uint64_t *heap;
     size_t capacity;
+    BpeCacheEntry *cache;
+    char *cache_bytes;
+    uint16_t *cache_ids;
+    uint32_t cache_used, cache_bytes_used, cache_ids_used;
 } BpeScratch;
 
 // a growable list of token ids; zero-initialise
