@@ -69,49 +69,50 @@ struct ModelState {
     real *S_next, *M_next;              // [B, H, K, V] scratch for the op's final states
 };
 
-// carve `count` values out of a bump allocator over one block of memory
-static real *carve(real **cursor, size_t count) {
-    real *p = *cursor;
-    *cursor += count;
+// hands out consecutive arrays of one block of memory; with base NULL it only counts (to size the block)
+typedef struct {
+    real *base;
+    size_t used;
+} Carver;
+
+static real *take(Carver *c, size_t count) {
+    real *p = c->base != NULL ? c->base + c->used : NULL;
+    c->used += count;
     return p;
 }
 
 static size_t layout_acts(ModelActs *a, const MdnConfig *c, size_t BT, real *base) {
     size_t D = c->hidden_size, H = c->num_heads, HK = H * c->head_dim, HV = H * c->value_dim;
-    size_t I = c->intermediate_size, N = c->vocab_size;
+    size_t I = c->intermediate_size;
     int L = c->num_hidden_layers;
-    real *cur = base;   // with base NULL this only counts (pointer arithmetic from NULL is avoided below)
-    size_t total = 0;
-#define TAKE(n) (total += (n), base != NULL ? carve(&cur, (n)) : NULL)
-    for (int l = 0; l <= L; l++) a->residual[l] = TAKE(BT * D);
+    Carver cv = {base, 0};
+    for (int l = 0; l <= L; l++) a->residual[l] = take(&cv, BT * D);
     for (int l = 0; l < L; l++) {
         BlockActs *b = &a->layers[l];
-        b->ln1 = TAKE(BT * D); b->ln1_rstd = TAKE(BT);
-        b->qp = TAKE(BT * HK); b->kp = TAKE(BT * HK); b->vp = TAKE(BT * HV);
-        b->qz = TAKE(BT * HK); b->kz = TAKE(BT * HK); b->vz = TAKE(BT * HV);
-        b->q = TAKE(BT * HK); b->k = TAKE(BT * HK); b->v = TAKE(BT * HV);
-        b->qc = c->use_output_correction ? TAKE(BT * HK) : b->q;
-        b->ga = TAKE(BT * H); b->gb = TAKE(BT * H); b->gm = TAKE(BT * H); b->ge = TAKE(BT * H);
-        b->log_alpha = TAKE(BT * H); b->log_mu = TAKE(BT * H); b->beta = TAKE(BT * H); b->eta = TAKE(BT * H);
-        b->o = TAKE(BT * HV);
-        b->g = c->use_gate ? TAKE(BT * HV) : NULL;
-        b->on = TAKE(BT * HV); b->on_rstd = TAKE(BT * H);
-        b->h = TAKE(BT * D);
-        b->ln2 = TAKE(BT * D); b->ln2_rstd = TAKE(BT);
-        b->mg = TAKE(BT * I); b->mu = TAKE(BT * I); b->mact = TAKE(BT * I);
+        b->ln1 = take(&cv, BT * D); b->ln1_rstd = take(&cv, BT);
+        b->qp = take(&cv, BT * HK); b->kp = take(&cv, BT * HK); b->vp = take(&cv, BT * HV);
+        b->qz = take(&cv, BT * HK); b->kz = take(&cv, BT * HK); b->vz = take(&cv, BT * HV);
+        b->q = take(&cv, BT * HK); b->k = take(&cv, BT * HK); b->v = take(&cv, BT * HV);
+        b->qc = c->use_output_correction ? take(&cv, BT * HK) : b->q;
+        b->ga = take(&cv, BT * H); b->gb = take(&cv, BT * H); b->gm = take(&cv, BT * H); b->ge = take(&cv, BT * H);
+        b->log_alpha = take(&cv, BT * H); b->log_mu = take(&cv, BT * H); b->beta = take(&cv, BT * H); b->eta = take(&cv, BT * H);
+        b->o = take(&cv, BT * HV);
+        b->g = c->use_gate ? take(&cv, BT * HV) : NULL;
+        b->on = take(&cv, BT * HV); b->on_rstd = take(&cv, BT * H);
+        b->h = take(&cv, BT * D);
+        b->ln2 = take(&cv, BT * D); b->ln2_rstd = take(&cv, BT);
+        b->mg = take(&cv, BT * I); b->mu = take(&cv, BT * I); b->mact = take(&cv, BT * I);
     }
-    a->lnf = TAKE(BT * D); a->lnf_rstd = TAKE(BT);
-    a->losses = TAKE(BT); a->lse = TAKE(BT);
-    a->dres = TAKE(BT * D); a->dnorm_in = TAKE(BT * D); a->dtmp = TAKE(BT * D);
-    a->dmact = TAKE(BT * I); a->dmg = TAKE(BT * I); a->dmu = TAKE(BT * I);
-    a->don = TAKE(BT * HV); a->d_o = TAKE(BT * HV); a->dg = TAKE(BT * HV);
-    a->dq = TAKE(BT * HK); a->dk = TAKE(BT * HK); a->dv = TAKE(BT * HV);
-    a->dqp = TAKE(BT * HK); a->dkp = TAKE(BT * HK); a->dvp = TAKE(BT * HV);
-    a->dla = TAKE(BT * H); a->dlm = TAKE(BT * H); a->dbeta = TAKE(BT * H); a->deta = TAKE(BT * H);
-    a->dga = TAKE(BT * H); a->dgb = TAKE(BT * H); a->dgm = TAKE(BT * H); a->dge = TAKE(BT * H);
-#undef TAKE
-    (void)N;
-    return total;
+    a->lnf = take(&cv, BT * D); a->lnf_rstd = take(&cv, BT);
+    a->losses = take(&cv, BT); a->lse = take(&cv, BT);
+    a->dres = take(&cv, BT * D); a->dnorm_in = take(&cv, BT * D); a->dtmp = take(&cv, BT * D);
+    a->dmact = take(&cv, BT * I); a->dmg = take(&cv, BT * I); a->dmu = take(&cv, BT * I);
+    a->don = take(&cv, BT * HV); a->d_o = take(&cv, BT * HV); a->dg = take(&cv, BT * HV);
+    a->dq = take(&cv, BT * HK); a->dk = take(&cv, BT * HK); a->dv = take(&cv, BT * HV);
+    a->dqp = take(&cv, BT * HK); a->dkp = take(&cv, BT * HK); a->dvp = take(&cv, BT * HV);
+    a->dla = take(&cv, BT * H); a->dlm = take(&cv, BT * H); a->dbeta = take(&cv, BT * H); a->deta = take(&cv, BT * H);
+    a->dga = take(&cv, BT * H); a->dgb = take(&cv, BT * H); a->dgm = take(&cv, BT * H); a->dge = take(&cv, BT * H);
+    return cv.used;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -133,6 +134,11 @@ static void add_tensor(Model *m, int *capacity, const char *name, int ndim, int6
     m->num_params += t->numel;
 }
 
+static const char *layer_name(char *buf, size_t n, int layer, const char *suffix) {
+    snprintf(buf, n, "model.layers.%d.%s", layer, suffix);
+    return buf;
+}
+
 static void build_param_table(Model *m) {
     const MdnConfig *c = &m->config;
     int64_t D = c->hidden_size, H = c->num_heads, HK = H * c->head_dim, HV = H * c->value_dim;
@@ -141,34 +147,32 @@ static void build_param_table(Model *m) {
     char name[MODEL_MAX_NAME];
     add_tensor(m, &capacity, "model.embeddings.weight", 2, N, D, 0, 0);
     for (int l = 0; l < c->num_hidden_layers; l++) {
-#define NAME(suffix) (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name)
-        add_tensor(m, &capacity, NAME("attn_norm.weight"), 1, D, 0, 0, 0);
-        add_tensor(m, &capacity, NAME("attn.q_proj.weight"), 2, HK, D, 0, 0);
-        add_tensor(m, &capacity, NAME("attn.k_proj.weight"), 2, HK, D, 0, 0);
-        add_tensor(m, &capacity, NAME("attn.v_proj.weight"), 2, HV, D, 0, 0);
-        add_tensor(m, &capacity, NAME("attn.a_proj.weight"), 2, H, D, 0, 0);
-        add_tensor(m, &capacity, NAME("attn.b_proj.weight"), 2, H, D, 0, 0);
-        add_tensor(m, &capacity, NAME("attn.m_proj.weight"), 2, H, D, 0, 0);
-        add_tensor(m, &capacity, NAME("attn.e_proj.weight"), 2, H, D, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn_norm.weight"), 1, D, 0, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.q_proj.weight"), 2, HK, D, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.k_proj.weight"), 2, HK, D, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.v_proj.weight"), 2, HV, D, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.a_proj.weight"), 2, H, D, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.b_proj.weight"), 2, H, D, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.m_proj.weight"), 2, H, D, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.e_proj.weight"), 2, H, D, 0, 0);
         if (c->use_short_conv) {
-            add_tensor(m, &capacity, NAME("attn.q_conv1d.weight"), 3, HK, 1, W, 0);
-            add_tensor(m, &capacity, NAME("attn.k_conv1d.weight"), 3, HK, 1, W, 0);
-            add_tensor(m, &capacity, NAME("attn.v_conv1d.weight"), 3, HV, 1, W, 0);
+            add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.q_conv1d.weight"), 3, HK, 1, W, 0);
+            add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.k_conv1d.weight"), 3, HK, 1, W, 0);
+            add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.v_conv1d.weight"), 3, HV, 1, W, 0);
         }
-        add_tensor(m, &capacity, NAME("attn.A_log"), 1, H, 0, 0, 1);
-        add_tensor(m, &capacity, NAME("attn.Mu_log"), 1, H, 0, 0, 1);
-        add_tensor(m, &capacity, NAME("attn.dt_bias"), 1, H, 0, 0, 1);
-        add_tensor(m, &capacity, NAME("attn.mu_bias"), 1, H, 0, 0, 1);
-        add_tensor(m, &capacity, NAME("attn.log_factor"), 1, H, 0, 0, 1);
-        if (c->use_output_correction) add_tensor(m, &capacity, NAME("attn.D_log"), 1, H, 0, 0, 1);
-        if (c->use_gate) add_tensor(m, &capacity, NAME("attn.g_proj.weight"), 2, HV, D, 0, 0);
-        add_tensor(m, &capacity, NAME("attn.o_norm.weight"), 1, c->value_dim, 0, 0, 0);
-        add_tensor(m, &capacity, NAME("attn.o_proj.weight"), 2, D, HV, 0, 0);
-        add_tensor(m, &capacity, NAME("mlp_norm.weight"), 1, D, 0, 0, 0);
-        add_tensor(m, &capacity, NAME("mlp.gate_proj.weight"), 2, I, D, 0, 0);
-        add_tensor(m, &capacity, NAME("mlp.up_proj.weight"), 2, I, D, 0, 0);
-        add_tensor(m, &capacity, NAME("mlp.down_proj.weight"), 2, D, I, 0, 0);
-#undef NAME
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.A_log"), 1, H, 0, 0, 1);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.Mu_log"), 1, H, 0, 0, 1);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.dt_bias"), 1, H, 0, 0, 1);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.mu_bias"), 1, H, 0, 0, 1);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.log_factor"), 1, H, 0, 0, 1);
+        if (c->use_output_correction) add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.D_log"), 1, H, 0, 0, 1);
+        if (c->use_gate) add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.g_proj.weight"), 2, HV, D, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.o_norm.weight"), 1, c->value_dim, 0, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.o_proj.weight"), 2, D, HV, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "mlp_norm.weight"), 1, D, 0, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "mlp.gate_proj.weight"), 2, I, D, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "mlp.up_proj.weight"), 2, I, D, 0, 0);
+        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "mlp.down_proj.weight"), 2, D, I, 0, 0);
     }
     add_tensor(m, &capacity, "model.norm.weight", 1, D, 0, 0, 0);
     if (!c->tie_word_embeddings) add_tensor(m, &capacity, "lm_head.weight", 2, N, D, 0, 0);
@@ -523,16 +527,16 @@ static ModelState *alloc_state(const Model *m) {
     s->conv_v = (real **)xcalloc((size_t)L, sizeof(real *));
     s->S = (real **)xcalloc((size_t)L, sizeof(real *));
     s->M = (real **)xcalloc((size_t)L, sizeof(real *));
-    real *cur = s->memory;
+    Carver cv = {s->memory, 0};
     for (int l = 0; l < L; l++) {
-        s->conv_q[l] = carve(&cur, (size_t)B * Wm1 * HK);
-        s->conv_k[l] = carve(&cur, (size_t)B * Wm1 * HK);
-        s->conv_v[l] = carve(&cur, (size_t)B * Wm1 * HV);
-        s->S[l] = carve(&cur, SM);
-        s->M[l] = carve(&cur, SM);
+        s->conv_q[l] = take(&cv, (size_t)B * Wm1 * HK);
+        s->conv_k[l] = take(&cv, (size_t)B * Wm1 * HK);
+        s->conv_v[l] = take(&cv, (size_t)B * Wm1 * HV);
+        s->S[l] = take(&cv, SM);
+        s->M[l] = take(&cv, SM);
     }
-    s->S_next = carve(&cur, SM);
-    s->M_next = carve(&cur, SM);
+    s->S_next = take(&cv, SM);
+    s->M_next = take(&cv, SM);
     return s;
 }
 
