@@ -26,7 +26,8 @@ HEADERS := $(wildcard common/*.h common/*.cuh mdn_kernels/*.h mdn_kernels/*.cuh 
 
 # main programs (design.md's contract); each is built if its source exists
 CPU_PROGRAMS := $(if $(wildcard train_mdn.c),train_mdn_cpu) $(if $(wildcard test_mdn.c),test_mdn) \
-                $(if $(wildcard mdn_tokenize.c),mdn_tokenize) $(if $(wildcard dev/mdn_op.c),dev/mdn_op)
+                $(if $(wildcard mdn_tokenize.c),mdn_tokenize) $(if $(wildcard dev/mdn_op.c),dev/mdn_op) \
+                dev/bench_mdn_cpu
 CUDA_PROGRAMS := $(if $(wildcard train_mdn.cu),train_mdn) \
                  $(patsubst %.cu,%,$(wildcard dev/*.cu))
 # tests: test/test_X.c links the float build, test/test_X_f64.c the double build, test/test_X.cu CUDA
@@ -90,6 +91,9 @@ ifneq ($(NVCC),)
 else
 	$(CC) $(CFLAGS) -DMDN_DOUBLE $< build/libmdn_f64.a -o $@ $(LDLIBS)
 endif
+# speed of the CPU op (float build)
+dev/bench_mdn_cpu: dev/bench_mdn_cpu.c build/libmdn_f32.a $(HEADERS)
+	$(CC) $(CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS)
 
 train_mdn: train_mdn.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) $(MPI_CFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS) $(MPI_LDLIBS) -lnccl

@@ -20,7 +20,7 @@ while IFS= read -r line; do
     if [[ "$name" == gpu:* && $have_gpu -eq 0 ]]; then notrun=$((notrun + 1)); continue; fi
     log="build/test/logs/$(echo "$name" | tr -c 'A-Za-z0-9_.-' '_').log"
     start=$(date +%s%N)
-    if bash -c "$cmd" >"$log" 2>&1; then
+    if bash -c "$cmd" </dev/null >"$log" 2>&1; then
         status="PASS"; passed=$((passed + 1))
     else
         status="FAIL"; failed=$((failed + 1)); failed_names+=("$name")
