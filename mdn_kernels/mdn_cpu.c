@@ -28,23 +28,73 @@
 // small dense products on row-major matrices (inner loops run over contiguous memory)
 // ----------------------------------------------------------------------------------------------
 
-// C[m,n] += s * A[m,k] B[k,n]; zero entries of A (triangular factors) are skipped.
-static void mm_nn(real *C, const real *A, const real *B, int m, int n, int k, real s) {
-    for (int i = 0; i < m; i++) {
-        real *c = C + (size_t)i * n;
+// C[m,n] += s * A(i,l) B[l,n], with A(i,l) = A[i*rs + l*cs] (rs = k, cs = 1: A[m,k]; rs = 1,
+// cs = m: A stored as [k,m], i.e. A^T). Four rows of C at a time, so each row of B is read once
+// per four rows (B is the large operand: a K x V state); all-zero groups of A (the triangular
+// factors) are skipped.
+static void mm_rows(real *C, const real *A, size_t rs, size_t cs, const real *B, int m, int n, int k, real s) {
+    int i = 0;
+    for (; i + 4 <= m; i += 4) {
+        real *c0 = C + (size_t)i * n, *c1 = c0 + n, *c2 = c1 + n, *c3 = c2 + n;
         for (int l = 0; l < k; l++) {
-            real a = s * A[(size_t)i * k + l];
-            if (a == 0) continue;
+            const real *a = A + i * rs + l * cs;
+            real x0 = s * a[0], x1 = s * a[rs], x2 = s * a[2 * rs], x3 = s * a[3 * rs];
+            if (x0 == 0 && x1 == 0 && x2 == 0 && x3 == 0) continue;
             const real *b = B + (size_t)l * n;
             #pragma omp simd
-            for (int j = 0; j < n; j++) c[j] += a * b[j];
+            for (int j = 0; j < n; j++) {
+                real bj = b[j];
+                c0[j] += x0 * bj;
+                c1[j] += x1 * bj;
+                c2[j] += x2 * bj;
+                c3[j] += x3 * bj;
+            }
+        }
+    }
+    for (; i < m; i++) {
+        real *c = C + (size_t)i * n;
+        for (int l = 0; l < k; l++) {
+            real x = s * A[i * rs + l * cs];
+            if (x == 0) continue;
+            const real *b = B + (size_t)l * n;
+            #pragma omp simd
+            for (int j = 0; j < n; j++) c[j] += x * b[j];
         }
     }
 }
 
-// C[m,n] += s * A[m,k] B[n,k]^T (row-by-row dot products)
+// C[m,n] += s * A[m,k] B[k,n]
+static void mm_nn(real *C, const real *A, const real *B, int m, int n, int k, real s) {
+    mm_rows(C, A, (size_t)k, 1, B, m, n, k, s);
+}
+
+// C[m,n] += s * A[k,m]^T B[k,n]
+static void mm_tn(real *C, const real *A, const real *B, int m, int n, int k, real s) {
+    mm_rows(C, A, 1, (size_t)m, B, m, n, k, s);
+}
+
+// C[m,n] += s * A[m,k] B[n,k]^T: dot products of rows, four rows of A against one row of B
 static void mm_nt(real *C, const real *A, const real *B, int m, int n, int k, real s) {
-    for (int i = 0; i < m; i++) {
+    int i = 0;
+    for (; i + 4 <= m; i += 4) {
+        const real *a0 = A + (size_t)i * k, *a1 = a0 + k, *a2 = a1 + k, *a3 = a2 + k;
+        for (int j = 0; j < n; j++) {
+            const real *b = B + (size_t)j * k;
+            real acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+            #pragma omp simd reduction(+:acc0, acc1, acc2, acc3)
+            for (int l = 0; l < k; l++) {
+                acc0 += a0[l] * b[l];
+                acc1 += a1[l] * b[l];
+                acc2 += a2[l] * b[l];
+                acc3 += a3[l] * b[l];
+            }
+            C[(size_t)i * n + j] += s * acc0;
+            C[(size_t)(i + 1) * n + j] += s * acc1;
+            C[(size_t)(i + 2) * n + j] += s * acc2;
+            C[(size_t)(i + 3) * n + j] += s * acc3;
+        }
+    }
+    for (; i < m; i++) {
         const real *a = A + (size_t)i * k;
         for (int j = 0; j < n; j++) {
             const real *b = B + (size_t)j * k;
@@ -56,23 +106,11 @@ static void mm_nt(real *C, const real *A, const real *B, int m, int n, int k, re
     }
 }
 
-// C[m,n] += s * A[k,m]^T B[k,n]
-static void mm_tn(real *C, const real *A, const real *B, int m, int n, int k, real s) {
-    for (int l = 0; l < k; l++) {
-        const real *b = B + (size_t)l * n;
-        for (int i = 0; i < m; i++) {
-            real a = s * A[(size_t)l * m + i];
-            if (a == 0) continue;
-            real *c = C + (size_t)i * n;
-            #pragma omp simd
-            for (int j = 0; j < n; j++) c[j] += a * b[j];
-        }
-    }
-}
-
-static double dot(const real *x, const real *y, int n) {
+// sums in double: also used over whole K x V states (the recurrent form's gate gradients)
+static double dot(const real *x, const real *y, size_t n) {
     double acc = 0;
-    for (int i = 0; i < n; i++) acc += (double)x[i] * y[i];
+    #pragma omp simd reduction(+:acc)
+    for (size_t i = 0; i < n; i++) acc += (double)x[i] * y[i];
     return acc;
 }
 
@@ -285,33 +323,55 @@ static void recurrent_step_backward(Work *w, int i, const real *Shist, const rea
     real *dqb = w->dQ + (size_t)i * K, *dkap = w->dKp + (size_t)i * K, *dp = w->dP + (size_t)i * K;
     real *dv = w->Gm + (size_t)i * V;
     real al = (real)w->alpha[i], mu = (real)w->mu[i], be = (real)w->beta[i];
-    // o_t = S_t^T qbar_t
-    zero(dqb, K);
-    mm_nt(dqb, d_o, S_t, 1, K, V, 1);
-    for (int c = 0; c < K; c++)
-        for (int j = 0; j < V; j++) dS[(size_t)c * V + j] += qb[c] * d_o[j];
-    // S_t = alpha S_{t-1} - beta M_t
-    w->dla[i] = w->alpha[i] * dot(dS, S_p, KV);
-    w->dbeta[i] = -dot(dS, M_t, KV);
-    for (size_t e = 0; e < KV; e++) dM[e] -= be * dS[e];
-    // M_t = mu M_{t-1} + kappa r^T
-    w->dlm[i] = w->mu[i] * dot(dM, M_p, KV);
-    zero(dkap, K);
-    mm_nt(dkap, r, dM, 1, K, V, 1);
+    // Two passes over the state rows instead of one per formula. Pass 1, per row c:
+    //   o_t = S_t^T qbar:            dqbar[c] = S_t[c] . do;     dS[c] += qbar[c] do
+    //   S_t = alpha S_{t-1} - beta M_t:  dlog_alpha += alpha <dS, S_{t-1}>; dbeta -= <dS, M_t>;
+    //                                    dM[c] -= beta dS[c]
+    //   M_t = mu M_{t-1} + kappa r^T:    dlog_mu += mu <dM, M_{t-1}>; dkappa[c] = dM[c] . r;
+    //                                    dr += kappa[c] dM[c]
+    double dla = 0, dbeta = 0, dlm = 0;
     zero(dr, V);
-    mm_tn(dr, kap, dM, 1, V, K, 1);
-    // r = S_{t-1}^T p - v
-    for (int j = 0; j < V; j++) dv[j] = -dr[j];
-    zero(dp, K);
-    mm_nt(dp, dr, S_p, 1, K, V, 1);
     for (int c = 0; c < K; c++) {
         real *dSr = dS + (size_t)c * V, *dMr = dM + (size_t)c * V;
-        real pc = p[c];
-        #pragma omp simd
+        const real *St = S_t + (size_t)c * V, *Sp = S_p + (size_t)c * V, *Mt = M_t + (size_t)c * V, *Mp = M_p + (size_t)c * V;
+        real qc = qb[c], kc = kap[c], dq = 0;
+        double sa = 0, sb = 0, sm = 0, sk = 0;
+        #pragma omp simd reduction(+:dq, sa, sb, sm, sk)
         for (int j = 0; j < V; j++) {
+            dq += St[j] * d_o[j];
+            real ds = dSr[j] + qc * d_o[j];
+            dSr[j] = ds;
+            sa += (double)ds * Sp[j];
+            sb += (double)ds * Mt[j];
+            real dm = dMr[j] - be * ds;
+            dMr[j] = dm;
+            sm += (double)dm * Mp[j];
+            sk += (double)dm * r[j];
+            dr[j] += kc * dm;
+        }
+        dqb[c] = dq;
+        dkap[c] = (real)sk;
+        dla += sa;
+        dbeta += sb;
+        dlm += sm;
+    }
+    w->dla[i] = w->alpha[i] * dla;
+    w->dbeta[i] = -dbeta;
+    w->dlm[i] = w->mu[i] * dlm;
+    // r = S_{t-1}^T p - v: dv = -dr, dp = S_{t-1} dr; then the adjoints step back one time:
+    // dS <- alpha dS + p dr^T, dM <- mu dM
+    for (int j = 0; j < V; j++) dv[j] = -dr[j];
+    for (int c = 0; c < K; c++) {
+        real *dSr = dS + (size_t)c * V, *dMr = dM + (size_t)c * V;
+        const real *Sp = S_p + (size_t)c * V;
+        real pc = p[c], acc = 0;
+        #pragma omp simd reduction(+:acc)
+        for (int j = 0; j < V; j++) {
+            acc += Sp[j] * dr[j];
             dSr[j] = al * dSr[j] + pc * dr[j];
             dMr[j] = mu * dMr[j];
         }
+        dp[c] = acc;
     }
 }
 
