@@ -2,9 +2,11 @@
 // Shard format: 256 little-endian int32 header ([0] = 20240520 magic, [1] = 1 version,
 // [2] = number of tokens), then that many uint16 token ids.
 // A glob of shards is read in sorted order. Each batch is B rows of T+1 consecutive tokens
-// (inputs = row[0..T-1], targets = row[1..T]). Rank r of R takes every R-th row window, so R ranks
-// together read exactly what one rank with R times the batch reads. The position (and the shuffle
-// RNG) is a small plain struct that the training state saves and restores.
+// (inputs = row[0..T-1], targets = row[1..T]); rows start every T tokens of a shard. A step reads a
+// global batch of R*B rows and rank r of R takes rows r*B .. r*B+B-1 of it, so R ranks together read
+// exactly what one rank with R times the batch reads. The position (and the shuffle RNG) is a small
+// plain struct that the training state saves and restores; it does not depend on R.
+// Validation: a loader with shuffle 0, dataloader_reset() before each evaluation, then N batches.
 #ifndef MDN_DATALOADER_H
 #define MDN_DATALOADER_H
 
@@ -20,7 +22,7 @@ typedef struct {
     int64_t shard_index;      // which shard (in the possibly shuffled shard order)
     int64_t row_index;        // which row window of that shard is next for rank 0 of this step
     int64_t epoch;
-    uint64_t rng_state;       // shuffle RNG
+    uint64_t rng_state;       // shuffle RNG state of this epoch (0 without shuffle)
 } DataLoaderPosition;
 
 typedef struct {
@@ -36,6 +38,9 @@ typedef struct {
     int64_t *row_order;       // permutation of row windows of the current shard
     int64_t rows_in_shard;
     uint16_t *tokens;         // current shard's tokens
+    int64_t tokens_capacity;
+    int loaded_shard;         // the shard in `tokens` (-1: none) ...
+    uint64_t loaded_epoch_state; // ... and the epoch RNG state its row_order was drawn with
     DataLoaderPosition pos;
 } DataLoader;
 
@@ -48,6 +53,8 @@ int dataloader_next_batch(DataLoader *dl, int32_t *inputs, int32_t *targets, cha
 void dataloader_reset(DataLoader *dl);
 DataLoaderPosition dataloader_get_position(const DataLoader *dl);
 int dataloader_set_position(DataLoader *dl, DataLoaderPosition pos, char *err, size_t errlen);
+// global batches in one pass over the shards (each shard's tail of fewer than R*B rows is dropped)
+int64_t dataloader_batches_per_epoch(const DataLoader *dl);
 void dataloader_free(DataLoader *dl);
 
 // write a shard (used by mdn_tokenize and the tests); -1 with err set on I/O failure
