@@ -100,27 +100,118 @@ __device__ __forceinline__ void tile_acc(float c[4], int m0, int n0, int kdim, c
     }
 }
 
+// One warp accumulates a 16 x (8*NB) strip: the A fragment is loaded once per k step and used
+// for NB tiles (c[nb] as in tile_acc, columns n0 + 8*nb).
+template <bool MMA, int NB, class FA, class FB>
+__device__ __forceinline__ void strip_acc(float (&c)[NB][4], int m0, int n0, int kdim, const FA &fa, const FB &fb) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    if constexpr (MMA) {
+        const int r0 = m0 + g, r1 = r0 + 8;
+        for (int k = 0; k < kdim; k += 16) {
+            const int k0 = k + 2 * t, k1 = k0 + 8;
+            const uint32_t a0 = pack_bf16(fa(r0, k0), fa(r0, k0 + 1));
+            const uint32_t a1 = pack_bf16(fa(r1, k0), fa(r1, k0 + 1));
+            const uint32_t a2 = pack_bf16(fa(r0, k1), fa(r0, k1 + 1));
+            const uint32_t a3 = pack_bf16(fa(r1, k1), fa(r1, k1 + 1));
+#pragma unroll
+            for (int nb = 0; nb < NB; nb++) {
+                const int col = n0 + 8 * nb + g;
+                const uint32_t b0 = pack_bf16(fb(k0, col), fb(k0 + 1, col));
+                const uint32_t b1 = pack_bf16(fb(k1, col), fb(k1 + 1, col));
+                mma_bf16_16816(c[nb], a0, a1, a2, a3, b0, b1);
+            }
+        }
+    } else {
+        const int r0 = m0 + g, r1 = r0 + 8;
+        for (int k = 0; k < kdim; k++) {
+            const float x0 = fa(r0, k), x1 = fa(r1, k);
+#pragma unroll
+            for (int nb = 0; nb < NB; nb++) {
+                const int c0 = n0 + 8 * nb + 2 * t;
+                const float y0 = fb(k, c0), y1 = fb(k, c0 + 1);
+                c[nb][0] = fmaf(x0, y0, c[nb][0]);
+                c[nb][1] = fmaf(x0, y1, c[nb][1]);
+                c[nb][2] = fmaf(x1, y0, c[nb][2]);
+                c[nb][3] = fmaf(x1, y1, c[nb][3]);
+            }
+        }
+    }
+}
+
+template <bool MMA, int NB, class FA1, class FB1, class FA2, class FB2, class FA3, class FB3, class FE>
+__device__ void block_gemm3_nb(int M, int N, int K1, const FA1 &fa1, const FB1 &fb1, int K2, const FA2 &fa2,
+                               const FB2 &fb2, int K3, const FA3 &fa3, const FB3 &fb3, const FE &epi) {
+    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3, tn = N / (8 * NB), ntiles = (M >> 4) * tn;
+    for (int tile = warp; tile < ntiles; tile += nwarps) {
+        const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NB;
+        float c[NB][4];
+#pragma unroll
+        for (int nb = 0; nb < NB; nb++) c[nb][0] = c[nb][1] = c[nb][2] = c[nb][3] = 0.f;
+        strip_acc<MMA, NB>(c, m0, n0, K1, fa1, fb1);
+        if (K2 > 0) strip_acc<MMA, NB>(c, m0, n0, K2, fa2, fb2);
+        if (K3 > 0) strip_acc<MMA, NB>(c, m0, n0, K3, fa3, fb3);
+#pragma unroll
+        for (int nb = 0; nb < NB; nb++) {
+            const int col = n0 + 8 * nb + 2 * t;
+            epi(m0 + g, col, c[nb][0]);
+            epi(m0 + g, col + 1, c[nb][1]);
+            epi(m0 + g + 8, col, c[nb][2]);
+            epi(m0 + g + 8, col + 1, c[nb][3]);
+        }
+    }
+}
+
 // The whole block computes C (M x N, multiples of 16 and 8) = fa1 fb1 (inner K1) + fa2 fb2
-// (inner K2, may be 0) and hands every element to epi(row, col, value) exactly once.
+// (inner K2) + fa3 fb3 (inner K3; K2, K3 may be 0) and hands every element to epi(row, col,
+// value) exactly once. Warps take 16 x 32 strips when N allows (A fragments reused 4 times).
+template <bool MMA, class FA1, class FB1, class FA2, class FB2, class FA3, class FB3, class FE>
+__device__ void block_gemm3(int M, int N, int K1, const FA1 &fa1, const FB1 &fb1, int K2, const FA2 &fa2,
+                            const FB2 &fb2, int K3, const FA3 &fa3, const FB3 &fb3, const FE &epi) {
+    if (N % 32 == 0) block_gemm3_nb<MMA, 4>(M, N, K1, fa1, fb1, K2, fa2, fb2, K3, fa3, fb3, epi);
+    else block_gemm3_nb<MMA, 1>(M, N, K1, fa1, fb1, K2, fa2, fb2, K3, fa3, fb3, epi);
+}
 template <bool MMA, class FA1, class FB1, class FA2, class FB2, class FE>
 __device__ void block_gemm2(int M, int N, int K1, const FA1 &fa1, const FB1 &fb1, int K2, const FA2 &fa2,
                             const FB2 &fb2, const FE &epi) {
-    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, lane = threadIdx.x & 31;
-    const int g = lane >> 2, t = lane & 3, tn = N >> 3, ntiles = (M >> 4) * tn;
-    for (int tile = warp; tile < ntiles; tile += nwarps) {
-        const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8;
-        float c[4] = {0.f, 0.f, 0.f, 0.f};
-        tile_acc<MMA>(c, m0, n0, K1, fa1, fb1);
-        if (K2 > 0) tile_acc<MMA>(c, m0, n0, K2, fa2, fb2);
-        epi(m0 + g, n0 + 2 * t, c[0]);
-        epi(m0 + g, n0 + 2 * t + 1, c[1]);
-        epi(m0 + g + 8, n0 + 2 * t, c[2]);
-        epi(m0 + g + 8, n0 + 2 * t + 1, c[3]);
-    }
+    block_gemm3<MMA>(M, N, K1, fa1, fb1, K2, fa2, fb2, 0, fa1, fb1, epi);
 }
 template <bool MMA, class FA, class FB, class FE>
 __device__ void block_gemm(int M, int N, int Kd, const FA &fa, const FB &fb, const FE &epi) {
-    block_gemm2<MMA>(M, N, Kd, fa, fb, 0, fa, fb, epi);
+    block_gemm3<MMA>(M, N, Kd, fa, fb, 0, fa, fb, 0, fa, fb, epi);
+}
+
+// Copy `rows` rows of `cols` elements (cols a multiple of 16 bytes' worth) from global rows
+// src + i*src_stride into shared dst + i*ldd with 16-byte accesses, times scale[i] when scale is
+// non-NULL; rows >= rows_valid are zero (the last chunk's padding).
+template <typename T>
+__device__ void load_rows(T *dst, int ldd, const T *src, size_t src_stride, int rows, int cols, int rows_valid,
+                          const float *scale) {
+    constexpr int VW = 16 / (int)sizeof(T);
+    const int nvec = cols / VW;
+    for (int e = threadIdx.x; e < rows * nvec; e += blockDim.x) {
+        const int i = e / nvec, c = (e - i * nvec) * VW;
+        uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+        if (i < rows_valid) {
+            raw = *reinterpret_cast<const uint4 *>(src + i * src_stride + c);
+            if (scale) {
+                const float sc = scale[i];
+                if constexpr (sizeof(T) == 2) {
+                    __nv_bfloat162 *hv = reinterpret_cast<__nv_bfloat162 *>(&raw);
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const float2 f = __bfloat1622float2(hv[j]);
+                        hv[j] = __floats2bfloat162_rn(f.x * sc, f.y * sc);
+                    }
+                } else {
+                    float *fv = reinterpret_cast<float *>(&raw);
+#pragma unroll
+                    for (int j = 0; j < 4; j++) fv[j] *= sc;
+                }
+            }
+        }
+        *reinterpret_cast<uint4 *>(dst + i * ldd + c) = raw;
+    }
 }
 
 // shared-memory carving: the same code runs on the host (base 0) to size the allocation
@@ -373,24 +464,14 @@ __device__ void load_chunk(const StateSmem<T> &s, const Dims &d, int b, int h, i
         s.sc[SC_QS * CH + i] = vi[VEC_RQ * CH + i] * d.qscale;
     }
     __syncthreads();
-    for (int e = tid; e < CH * d.K; e += blockDim.x) {
-        const int i = e / d.K, c = e % d.K;
-        const bool valid = t0 + i < d.T;
-        const size_t gi = (((size_t)b * d.T + t0 + i) * d.H + h) * d.K + c;
-        s.Kh[i * ldk + c] = from_f<T>(valid ? to_f(k[gi]) * s.sc[SC_RK * CH + i] : 0.f);
-        s.Qh[i * ldk + c] = from_f<T>(valid ? to_f(q[gi]) * s.sc[SC_QS * CH + i] : 0.f);
-    }
+    const int rows_valid = min(CH, d.T - t0);
+    const size_t base = (((size_t)b * d.T + t0) * d.H + h);
     const size_t mo = (size_t)bhc * CH * CH;
-    for (int e = tid; e < CH * CH; e += blockDim.x) {
-        const int i = e / CH, j = e % CH;
-        s.Ti[i * ldl + j] = Tinv[mo + e];
-        s.QG[i * ldl + j] = QKG[mo + e];
-    }
-    for (int e = tid; e < CH * d.Vt; e += blockDim.x) {
-        const int i = e / d.Vt, c = e % d.Vt;
-        const bool valid = t0 + i < d.T;
-        s.Vs[i * ldv + c] = valid ? tile_src[(((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c] : from_f<T>(0.f);
-    }
+    load_rows(s.Kh, ldk, k + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid, s.sc + SC_RK * CH);
+    load_rows(s.Qh, ldk, q + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid, s.sc + SC_QS * CH);
+    load_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH, (const float *)nullptr);
+    load_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH, (const float *)nullptr);
+    load_rows(s.Vs, ldv, tile_src + base * d.V + v0, (size_t)d.H * d.V, CH, d.Vt, rows_valid, (const float *)nullptr);
     __syncthreads();
 }
 
@@ -430,13 +511,13 @@ __global__ void __launch_bounds__(NTHREADS)
         const float *vi = vec + (size_t)bhc * NVEC * CH;
         const float aL = vi[VEC_A * CH + CH - 1], bL = vi[VEC_B * CH + CH - 1], mL = vi[VEC_M * CH + CH - 1];
 
-        auto fx = [=](int r, int c) { return X[r * ldx + c]; };
-        // R = V + Pab X0
-        auto fpab = [=](int i, int c) {
-            return c < K ? sc[SC_PA1 * CH + i] * to_f(Kh[i * ldk + c]) : sc[SC_PA2 * CH + i] * to_f(Kh[i * ldk + c - K]);
-        };
-        block_gemm<MMA>(CH, Vt, 2 * K, fpab, fx,
-                        [=](int i, int c, float val) { R[i * ldx + c] = to_f(Vs[i * ldv + c]) + val; });
+        auto fxs = [=](int r, int c) { return X[r * ldx + c]; };
+        auto fxm = [=](int r, int c) { return X[(K + r) * ldx + c]; };
+        // R = V + Pab X0 = V + (-a_prev o p) S0 + (b_prev o p) M0
+        block_gemm2<MMA>(
+            CH, Vt, K, [=](int i, int c) { return sc[SC_PA1 * CH + i] * to_f(Kh[i * ldk + c]); }, fxs, K,
+            [=](int i, int c) { return sc[SC_PA2 * CH + i] * to_f(Kh[i * ldk + c]); }, fxm,
+            [=](int i, int c, float val) { R[i * ldx + c] = to_f(Vs[i * ldv + c]) + val; });
         __syncthreads();
         // U = T^-1 R
         block_gemm<MMA>(
@@ -448,11 +529,10 @@ __global__ void __launch_bounds__(NTHREADS)
         __syncthreads();
         if (!STORE) {
             // O = Qab X0 + QKG U
-            auto fqab = [=](int i, int c) {
-                return c < K ? sc[SC_QA1 * CH + i] * to_f(Qh[i * ldk + c]) : sc[SC_QA2 * CH + i] * to_f(Qh[i * ldk + c - K]);
-            };
-            block_gemm2<MMA>(
-                CH, Vt, 2 * K, fqab, fx, CH, [=](int i, int j) { return to_f(QG[i * ldl + j]); },
+            block_gemm3<MMA>(
+                CH, Vt, K, [=](int i, int c) { return sc[SC_QA1 * CH + i] * to_f(Qh[i * ldk + c]); }, fxs, K,
+                [=](int i, int c) { return sc[SC_QA2 * CH + i] * to_f(Qh[i * ldk + c]); }, fxm, CH,
+                [=](int i, int j) { return to_f(QG[i * ldl + j]); },
                 [=](int j, int c) { return U[j * ldx + c]; },
                 [=](int i, int c, float val) {
                     if (t0 + i < d.T) o[(((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c] = from_f<T>(val);
@@ -518,11 +598,11 @@ __global__ void __launch_bounds__(NTHREADS)
         auto fg = [=](int i, int c) { return G[i * ldx + c]; };
 
         // dU = KK dX1 + QKG^T dO
-        auto fkk = [=](int j, int c) {
-            return c < K ? sc[SC_KK1 * CH + j] * to_f(Kh[j * ldk + c]) : sc[SC_KK2 * CH + j] * to_f(Kh[j * ldk + c - K]);
-        };
-        block_gemm2<MMA>(
-            CH, Vt, 2 * K, fkk, [=](int r, int c) { return dX[r * ldx + c]; }, CH,
+        block_gemm3<MMA>(
+            CH, Vt, K, [=](int j, int c) { return sc[SC_KK1 * CH + j] * to_f(Kh[j * ldk + c]); },
+            [=](int r, int c) { return dX[r * ldx + c]; }, K,
+            [=](int j, int c) { return sc[SC_KK2 * CH + j] * to_f(Kh[j * ldk + c]); },
+            [=](int r, int c) { return dX[(K + r) * ldx + c]; }, CH,
             [=](int j, int i) { return to_f(QG[i * ldl + j]); }, fdo,
             [=](int j, int c, float val) { dU[j * ldx + c] = val; });
         __syncthreads();
@@ -610,28 +690,29 @@ __global__ void __launch_bounds__(NTHREADS)
 
     for (int v0 = 0; v0 < d.V; v0 += Vc) {
         __syncthreads();
-        for (int e = tid; e < CH * Vc; e += blockDim.x) {
-            const int i = e / Vc, c = e % Vc;
-            const bool valid = t0 + i < d.T;
-            const size_t gi = (((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c;
-            s.dO[i * ldv + c] = valid ? d_o[gi] : from_f<T>(0.f);
-            s.G[i * ldv + c] = valid ? Gin[gi] : from_f<T>(0.f);
-            s.U[i * ldv + c] = Uall[((size_t)bhc * CH + i) * d.V + v0 + c];
+        {
+            const int rows_valid = min(CH, d.T - t0);
+            const size_t base = ((size_t)b * d.T + t0) * d.H + h;
+            load_rows(s.dO, ldv, d_o + base * d.V + v0, (size_t)d.H * d.V, CH, Vc, rows_valid, (const float *)nullptr);
+            load_rows(s.G, ldv, Gin + base * d.V + v0, (size_t)d.H * d.V, CH, Vc, rows_valid, (const float *)nullptr);
+            load_rows(s.U, ldv, Uall + (size_t)bhc * CH * d.V + v0, d.V, CH, Vc, CH, (const float *)nullptr);
+            if (!fcta) {
+                const size_t xs = ((size_t)bhc * 2 * K + k0) * d.V + v0, xm = xs + (size_t)K * d.V;
+                load_rows(s.S0, ldv, Xall + xs, d.V, KT, Vc, KT, (const float *)nullptr);
+                load_rows(s.M0, ldv, Xall + xm, d.V, KT, Vc, KT, (const float *)nullptr);
+                load_rows(s.dS1, ldv, dXall + xs, d.V, KT, Vc, KT, (const float *)nullptr);
+                load_rows(s.dM1, ldv, dXall + xm, d.V, KT, Vc, KT, (const float *)nullptr);
+            }
         }
+        __syncthreads();
         if (!fcta)
             for (int e = tid; e < KT * Vc; e += blockDim.x) {
                 const int r = e / Vc, c = e % Vc;
-                const size_t xs = ((size_t)bhc * 2 * K + k0 + r) * d.V + v0 + c, xm = xs + (size_t)K * d.V;
-                s.S0[r * ldv + c] = Xall[xs];
-                s.M0[r * ldv + c] = Xall[xm];
-                s.dS1[r * ldv + c] = dXall[xs];
-                s.dM1[r * ldv + c] = dXall[xm];
-                const float fs0 = to_f(Xall[xs]), fm0 = to_f(Xall[xm]), fds = to_f(dXall[xs]), fdm = to_f(dXall[xm]);
-                pss = fmaf(fds, fs0, pss);
-                psm = fmaf(fds, fm0, psm);
-                pmm = fmaf(fdm, fm0, pmm);
+                const float fs0 = to_f(S0s[r * ldv + c]), fm0 = to_f(M0s[r * ldv + c]);
+                pss = fmaf(to_f(dS1s[r * ldv + c]), fs0, pss);
+                psm = fmaf(to_f(dS1s[r * ldv + c]), fm0, psm);
+                pmm = fmaf(to_f(dM1s[r * ldv + c]), fm0, pmm);
             }
-        __syncthreads();
         auto rowm = [](const T *A, int ld) { return [=](int i, int c) { return to_f(A[i * ld + c]); }; };
         auto colm = [](const T *A, int ld) { return [=](int c, int r) { return to_f(A[r * ld + c]); }; };
         if (!fcta) {
@@ -736,7 +817,7 @@ __global__ void __launch_bounds__(NTHREADS)
 template <typename T> struct ChunkBwdSmem {
     Coef c;
     float *QK, *KK, *F1, *F2, *dG;                          // [CH][LDL]
-    float *rq, *rk, *da, *db, *dm, *dgv, *dhv, *dA, *dC, *dbeta, *dlad, *deta;   // [CH]
+    float *rq, *rk, *qs, *da, *db, *dm, *dgv, *dhv, *dA, *dC, *dbeta, *dlad, *deta;   // [CH]
     T *Khs, *Qhs;                                           // [CH][KS+pad]
 };
 template <typename T> __host__ __device__ size_t carve_chunk_bwd(ChunkBwdSmem<T> &s, char *base, int KS) {
@@ -744,8 +825,8 @@ template <typename T> __host__ __device__ size_t carve_chunk_bwd(ChunkBwdSmem<T>
     carve_coef(cv, s.c);
     float **mats[] = {&s.QK, &s.KK, &s.F1, &s.F2, &s.dG};
     for (int i = 0; i < 5; i++) *mats[i] = cv.take<float>(CH * LDL);
-    float **vecs[] = {&s.rq, &s.rk, &s.da, &s.db, &s.dm, &s.dgv, &s.dhv, &s.dA, &s.dC, &s.dbeta, &s.dlad, &s.deta};
-    for (int i = 0; i < 12; i++) *vecs[i] = cv.take<float>(CH);
+    float **vecs[] = {&s.rq, &s.rk, &s.qs, &s.da, &s.db, &s.dm, &s.dgv, &s.dhv, &s.dA, &s.dC, &s.dbeta, &s.dlad, &s.deta};
+    for (int i = 0; i < 13; i++) *vecs[i] = cv.take<float>(CH);
     s.Khs = cv.take<T>((size_t)CH * (KS + pad_of<T>()));
     s.Qhs = cv.take<T>((size_t)CH * (KS + pad_of<T>()));
     return cv.off;
@@ -773,6 +854,7 @@ __global__ void __launch_bounds__(NTHREADS)
         const int i = tid;
         s.rq[i] = vi[VEC_RQ * CH + i];
         s.rk[i] = vi[VEC_RK * CH + i];
+        s.qs[i] = vi[VEC_RQ * CH + i] * d.qscale;
         float rp[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, rn[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
         float sss = 0.f, ssm = 0.f, smm = 0.f;
         for (int kt = 0; kt < nKt; kt++) {
@@ -803,14 +885,11 @@ __global__ void __launch_bounds__(NTHREADS)
     __syncthreads();
     // QK = Qbar Khat^T, KK = Khat Khat^T, accumulated over K slices
     const T *Khs = s.Khs, *Qhs = s.Qhs;
+    const int rows_valid = min(CH, d.T - t0);
+    const size_t qkbase = (((size_t)b * d.T + t0) * d.H + h) * K;
     auto load_slice = [&](int k0) {
-        for (int e = tid; e < CH * KS; e += blockDim.x) {
-            const int i = e / KS, cc = e % KS;
-            const bool valid = t0 + i < d.T;
-            const size_t gi = (((size_t)b * d.T + t0 + i) * d.H + h) * K + k0 + cc;
-            s.Khs[i * lds + cc] = from_f<T>(valid ? to_f(k[gi]) * s.rk[i] : 0.f);
-            s.Qhs[i * lds + cc] = from_f<T>(valid ? to_f(q[gi]) * s.rq[i] * d.qscale : 0.f);
-        }
+        load_rows(s.Khs, lds, k + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid, s.rk);
+        load_rows(s.Qhs, lds, q + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid, s.qs);
     };
     for (int k0 = 0; k0 < K; k0 += KS) {
         load_slice(k0);
