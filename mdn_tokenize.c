@@ -85,6 +85,7 @@ typedef struct {
     // totals (writer thread only)
     int64_t docs, bad_json, no_text, bad_utf8, bad_reported;
     int64_t file_lines;     // lines of the current file before the job being written
+    int64_t disk_done;      // input bytes on disk behind the jobs written
     int file_index;
     double start, last_progress;
     int progress_tty;
@@ -248,6 +249,7 @@ static void write_job(Run *run, Job *job) {
     run->bad_json += job->bad_json;
     run->no_text += job->no_text;
     run->bad_utf8 += job->bad_utf8;
+    run->disk_done = job->disk_done;
     print_progress(run, job->disk_done, 0);
 }
 
@@ -364,7 +366,9 @@ static void read_inputs(Run *run, const char *format, double val_fraction) {
                     int64_t u_prev = u_read, d_prev = d_read;
                     len += (size_t)n;
                     u_read += n;
-                    d_read = gzoffset(gz) > d_read ? (int64_t)gzoffset(gz) : d_read;
+                    // a pipe has no file offset: count the bytes that came out of it instead
+                    int64_t offset = (int64_t)gzoffset(gz);
+                    d_read = offset > 0 ? offset : u_read;
                     double thr_here = val_threshold - (double)file_disk_start;
                     if (in_val && val_fraction < 1.0 && val_cut < 0 && thr_here < (double)d_read) {
                         double frac = d_read > d_prev ? (thr_here - (double)d_prev) / (double)(d_read - d_prev) : 1.0;
@@ -562,7 +566,7 @@ int main(int argc, char **argv) {
     shard_close(&run.val);
 
     double elapsed = wall_seconds() - run.start;
-    print_progress(&run, run.total_disk > 0 ? run.total_disk : 0, 1);
+    print_progress(&run, run.disk_done, 1);
     printf("%s: %lld documents -> %lld tokens: train %lld in %d shards, val %lld in %d shards, %s/%s_*.bin "
            "(%.1f s, %d threads)\n",
            num_files == 1 ? files[0] : "inputs", (long long)run.docs, (long long)(run.train.total + run.val.total),
