@@ -358,7 +358,7 @@ static void read_inputs(Run *run, const char *format, double val_fraction) {
                 int n = gzread(gz, buf + len, READ_BYTES);
                 if (n < 0) {
                     int errnum;
-                    fprintf(stderr, "warning: %s: %s; the rest of the file is skipped\n", path, gzerror(gz, &errnum));
+                    fprintf(stderr, "warning: %s; the rest of the file is skipped\n", gzerror(gz, &errnum));  // names the file
                     run->bad_files++;
                 }
                 if (n <= 0) eof = 1;

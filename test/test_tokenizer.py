@@ -16,6 +16,7 @@ import glob
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,20 @@ def main():
     if "2 lines not JSON, 3 lines without a \"text\" string" not in out or "badlines.jsonl:2:" not in out:
         failures.append(f"bad JSONL lines not reported as expected: {out}")
 
+    # 7. command-line mistakes: one "error:" line naming the file or flag, exit 1; --help exits 0
+    for args, fragment in [([f"{tmp}/none.txt"], f"error: {tmp}/none.txt: cannot open"),
+                           (["--val-fraction", "2", tfile], "error: --val-fraction: '2'"),
+                           (["--shard-size", "0", tfile], "error: --shard-size: '0'"),
+                           (["--bogus", "1", tfile], "error: --bogus: unknown option"),
+                           (["--bpe-dir", tmp, tfile], f"error: {tmp}/encoder.json: cannot open")]:
+        r = subprocess.run([BIN, "--out", f"{tmp}/err", *args], capture_output=True, text=True)
+        if r.returncode != 1 or r.stderr.count("error:") != 1 or fragment not in r.stderr:
+            failures.append(f"{args}: expected exit 1 and one line with '{fragment}', got {r.returncode}: {r.stderr!r}")
+    r = subprocess.run([BIN, "--help"], capture_output=True, text=True)
+    if r.returncode != 0 or "--val-fraction" not in r.stdout:
+        failures.append("--help does not print the usage")
+
+    shutil.rmtree(tmp, ignore_errors=True)
     for msg in failures:
         print("FAIL " + msg)
     print(f"{len(failures)} failures")
