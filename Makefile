@@ -76,7 +76,7 @@ test_mdn: test_mdn.c build/libmdn_f32.a $(if $(NVCC),build/libmdn_cuda.a) $(HEAD
 ifneq ($(NVCC),)
 	@mkdir -p build/cuda
 	$(NVCC) $(NVCCFLAGS) -x cu $(CUDA_DEFS) -c $< -o build/cuda/test_mdn.o
-	$(NVCC) $(NVCCFLAGS) build/cuda/test_mdn.o build/libmdn_f32.a build/libmdn_cuda.a -o $@ $(CUDA_LDLIBS)
+	$(NVCC) $(NVCCFLAGS) build/cuda/test_mdn.o build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS)
 else
 	$(CC) $(CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS)
 endif
@@ -96,7 +96,7 @@ dev/bench_mdn_cpu: dev/bench_mdn_cpu.c build/libmdn_f32.a $(HEADERS)
 	$(CC) $(CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS)
 
 train_mdn: train_mdn.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
-	$(NVCC) $(NVCCFLAGS) $(MPI_CFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS) $(MPI_LDLIBS) -lnccl
+	$(NVCC) $(NVCCFLAGS) $(MPI_CFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS) $(MPI_LDLIBS)
 dev/%: dev/%.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS)
 

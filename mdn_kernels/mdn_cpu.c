@@ -444,6 +444,13 @@ void mdn_recurrent_backward(const MdnShape *s, const MdnInputs *in, const real *
 //                Gamma[i,j] = alpha_i Gamma[i-1,j] + beta_i Em[i,j]
 //   b_i        = sum_{l<=i} alpha_{l+1..i} beta_l m_l = alpha_i b_{i-1} + beta_i m_i
 //   Ea[i,l]    = e^(A_i - A_l) (backward only: it factors Gamma = Ea diag(beta) Em there)
+// Coefficients below COEF_FLUSH are set to zero. They scale O(1) values into contributions far
+// below rounding (the smallest coefficient that matters is Gamma's diagonal, beta), and left in,
+// they and their float products are subnormal numbers, which cost ~100x per operation on many
+// x86 CPUs; fast decays make them common (a_i = e^(A_i) reaches e^-320 within a chunk).
+#define COEF_FLUSH 1e-30
+static double flush_tiny(double x) { return fabs(x) < COEF_FLUSH ? 0.0 : x; }
+
 static void chunk_coefficients(Work *w, int L, int need_Ea) {
     double A = 0, C = 0;
     for (int i = 0; i < L; i++) {
@@ -451,19 +458,19 @@ static void chunk_coefficients(Work *w, int L, int need_Ea) {
         C += w->lm[i];
         w->A[i] = A;
         w->C[i] = C;
-        w->a[i] = exp(A);
-        w->m[i] = exp(C);
+        w->a[i] = flush_tiny(exp(A));
+        w->m[i] = flush_tiny(exp(C));
     }
     for (int i = 0; i < L; i++) {
         for (int j = 0; j < L; j++) {
-            double em = j <= i ? exp(w->C[i] - w->C[j]) : 0.0;
+            double em = j <= i ? flush_tiny(exp(w->C[i] - w->C[j])) : 0.0;
             w->Em[i * L + j] = em;
             double g = j <= i ? w->beta[i] * em + (i > 0 ? w->alpha[i] * w->Gam[(i - 1) * L + j] : 0.0) : 0.0;
-            w->Gam[i * L + j] = g;
-            w->G[i * L + j] = (real)g;
+            w->Gam[i * L + j] = flush_tiny(g);
+            w->G[i * L + j] = (real)w->Gam[i * L + j];
             if (need_Ea) w->Ea[i * L + j] = j <= i ? exp(w->A[i] - w->A[j]) : 0.0;
         }
-        w->b[i] = w->alpha[i] * (i > 0 ? w->b[i - 1] : 0.0) + w->beta[i] * w->m[i];
+        w->b[i] = flush_tiny(w->alpha[i] * (i > 0 ? w->b[i - 1] : 0.0) + w->beta[i] * w->m[i]);
         w->a_prev[i] = i > 0 ? w->a[i - 1] : 1.0;   // the incoming state's coefficients at row i
         w->b_prev[i] = i > 0 ? w->b[i - 1] : 0.0;
     }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# gpu_checks.sh: everything the GPU trainer needs checked on a lent GPU, in one command (device
+# time is scarce): build, the GPU tests, a short real training run, the benchmarks. Logs go to
+# $OUT (or build/gpu_checks); the summary lines are printed last.
+# Usage: dev/gpu_checks.sh [quick]   (quick: no 1B benchmark)
+set -u
+cd "$(dirname "$0")/.." || exit 1
+out="${OUT:-build/gpu_checks}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
+make -j16 train_mdn test_mdn dev/bench_train build/test/test_layers_cuda > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+timeout 120 build/test/test_layers_cuda > "$out/layers.log" 2>&1; echo "layers rc=$?" >> "$out/summary.txt"
+for dt in f32 bf16; do
+    timeout 60 ./test_mdn --model test/data/small --state test/data/small/state.safetensors --device cuda --dtype $dt \
+        > "$out/test_mdn_$dt.log" 2>&1; echo "test_mdn $dt rc=$?" >> "$out/summary.txt"
+done
+# a short real run: byte-level tinyshakespeare shards, the tiny trainer config
+work=$(mktemp -d)
+python3 - "$work" <<'PY'
+import struct, sys
+data = open("data/tinyshakespeare.txt", "rb").read()
+cut = len(data) * 9 // 10
+def shard(path, toks):
+    with open(path, "wb") as f:
+        f.write(struct.pack("<256i", 20240520, 1, len(toks), *([0] * 253)))
+        f.write(struct.pack("<%dH" % len(toks), *toks))
+shard(sys.argv[1] + "/train_000.bin", data[:cut])
+shard(sys.argv[1] + "/val_000.bin", data[cut:])
+PY
+timeout 120 ./train_mdn --config test/data/trainer_tiny.json --train-data "$work/train_*.bin" --val-data "$work/val_*.bin" \
+    --batch-size 8 --seq-len 256 --steps 150 --warmup-steps 10 --lr 3e-3 --val-interval 50 --val-batches 4 \
+    --out "$work/run" > "$out/train_tiny.log" 2>&1; echo "train_mdn tiny rc=$?" >> "$out/summary.txt"
+timeout 200 dev/bench_train --config configs/momentum_deltanet_400M.json --batch-size 8 --seq-len 4096 --steps 3 --profile \
+    > "$out/bench_400M.log" 2>&1; echo "bench 400M rc=$?" >> "$out/summary.txt"
+if [ "${1:-}" != quick ]; then
+    timeout 200 dev/bench_train --config configs/momentum_deltanet_1B.json --batch-size 4 --seq-len 4096 --steps 3 \
+        > "$out/bench_1B.log" 2>&1; echo "bench 1B rc=$?" >> "$out/summary.txt"
+fi
+cat "$out/gpu.txt"; cat "$out/summary.txt"
+grep -E "FAIL|OK|worst" "$out"/layers.log "$out"/test_mdn_*.log | head -40
+grep -E "step +(1|50|100|150)/|val loss|error" "$out/train_tiny.log" | head -12
+cat "$out/bench_400M.log" "$out"/bench_1B.log 2>/dev/null | tail -60

@@ -1,0 +1,100 @@
+// model_cuda.cuh: the Momentum DeltaNet causal LM on one GPU (CUDA twin of model.h), built from
+// the layers/*.cu kernels and the MDN op (mdn_kernels/mdn_cuda.cuh).
+//
+// Precision: activations are float (the float32 reference path, for the 1e-4 test against the CPU
+// model) or bf16 (training). Master weights, gradients, the AdamW moments, the gate logits and
+// gates, the residual stream and its gradient, and the MDN states are float32 in both.
+//
+// Memory: parameters (float32 masters), their bf16 copy (what the matmuls read; absent in float32
+// mode), gradients (float32), AdamW's m and v, and the activations are one allocation each. The
+// GPU layout of the parameters is fla's tensors in another order, chosen so that the projections
+// that read the same input are one matmul: per layer q|k|v|g_proj, a|b|m|e_proj and gate|up_proj
+// are adjacent. gpu_model_set_params / gpu_model_get_vector convert from / to the CPU model's flat
+// order (model.h), which is the checkpoint contract (checkpoint.h: float32 params, m, v).
+//
+// Activations kept between forward and backward, per layer: the residual stream at the block input
+// and after the mixer (float32), the fused q|k|v|g projection, the gate logits and gates (float32),
+// the op's output, the MLP's gate|up projection, and the norms' rstd. Everything else (normed inputs,
+// conv outputs, gated-norm output, SwiGLU product) is recomputed in the backward: each is one cheap
+// pass over memory, and keeping them would cost more than half again as much memory.
+#ifndef MDN_MODEL_CUDA_CUH
+#define MDN_MODEL_CUDA_CUH
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/config.h"
+#include "../common/cuda_common.cuh"
+#include "model.h"
+
+typedef struct {
+    char name[MODEL_MAX_NAME];
+    size_t offset, numel;       // in the GPU layout
+    size_t cpu_offset;          // in the CPU model's layout (model.h)
+    int no_decay;
+} GpuParamTensor;
+
+typedef struct GpuActs GpuActs;
+
+#define GPU_MODEL_MAX_MARKS 1024
+
+typedef struct {
+    MdnConfig config;
+    int use_bf16;               // activation type: 1 bf16, 0 float32
+    int max_B, T;               // built for up to max_B rows of exactly T tokens
+    int num_tensors;
+    GpuParamTensor *tensors;
+    size_t num_params;
+    float *params;              // float32 masters, GPU layout
+    void *params_x;             // the activation-type copy the kernels read (== params in float32 mode)
+    float *grads;
+    float *adam_m, *adam_v;     // allocated by gpu_model_alloc_optimizer
+    size_t *seg_end;            // AdamW decay segments in the GPU layout (device), see adamw.cuh
+    unsigned char *seg_decay;
+    int num_segments;
+    GpuActs *acts;
+    size_t acts_bytes;
+    int block_rows;             // the classifier's token block
+    cudaStream_t stream;
+    float *logits_out;          // optional device buffer [B*T, N]: the float32 logits (tests only)
+    int num_targets;            // of the last forward
+    // per-stage timing (dev/bench_train): when profile is set, every stage of a step records an
+    // event after its launches; stage i took the time between event i-1 and event i
+    int profile, num_marks;
+    cudaEvent_t marks[GPU_MODEL_MAX_MARKS];
+    const char *mark_labels[GPU_MODEL_MAX_MARKS];
+} GpuModel;
+
+// Allocates everything but the optimizer state. Dies with a message on an unsupported config
+// (the GPU model needs the paper's switches: short conv, gate, output correction, untied head).
+GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, cudaStream_t stream);
+void gpu_model_free(GpuModel *m);
+// m and v (zeroed) and the decay segments (no_decay_set: the layer's six gate tensors not decayed)
+void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set);
+
+// flat vectors in the CPU model's layout (host, float32, num_params values) <-> the GPU
+void gpu_model_set_params(GpuModel *m, const float *cpu_params);
+void gpu_model_set_optimizer(GpuModel *m, const float *cpu_m, const float *cpu_v);
+// which: 0 params, 1 grads, 2 adam_m, 3 adam_v
+void gpu_model_get_vector(const GpuModel *m, int which, float *cpu_out);
+
+void gpu_model_zero_grad(GpuModel *m);
+// profiling: start a new step's marks (records the first event), and mark the end of a stage
+void gpu_model_profile_start(GpuModel *m);
+void gpu_model_profile_mark(GpuModel *m, const char *label);
+// Forward over host inputs, targets [B, T] (B <= max_B) and, when loss_scale != 0, the backward of
+// loss_scale·(mean loss), accumulated into m->grads. Returns the mean loss over positions with a
+// target (0 if none). Synchronises the stream (the loss is read back).
+float gpu_model_forward_backward(GpuModel *m, const int *inputs, const int *targets, int B, float loss_scale);
+
+// global L2 norm of the gradients (float64 sum, deterministic)
+double gpu_model_grad_norm(GpuModel *m);
+// AdamW over all parameters (adamw.cuh) with torch's clip factor for grad_norm; t = update number (1-based)
+void gpu_model_adamw(GpuModel *m, float lr, float beta1, float beta2, float eps, float weight_decay,
+                     float grad_scale, int64_t t);
+
+// model FLOPs per token of one training step (forward + backward): 6·(non-embedding params) plus
+// the MDN op's chunked arithmetic (kernel-design.md's count, ×3 for forward + backward)
+double gpu_model_flops_per_token(const MdnConfig *c);
+
+#endif // MDN_MODEL_CUDA_CUH
