@@ -186,7 +186,27 @@ def main():
     if "2 lines not JSON, 3 lines without a \"text\" string" not in out or "badlines.jsonl:2:" not in out:
         failures.append(f"bad JSONL lines not reported as expected: {out}")
 
-    # 7. command-line mistakes: one "error:" line naming the file or flag, exit 1; --help exits 0
+    # 7. several inputs of mixed kinds (text, text.gz, JSONL) with the val cut inside the second
+    #    (by bytes on disk): val then train is the documents in order
+    m1, m2, m3 = text[:300000], text[-400000:], [json.dumps({"text": d}) for d in text.split("\n\n")[:3000]]
+    with open(f"{tmp}/m1.txt", "w") as f:
+        f.write(m1)
+    with gzip.open(f"{tmp}/m2.txt.gz", "wt") as f:
+        f.write(m2)
+    with open(f"{tmp}/m3.jsonl", "w") as f:
+        f.write("\n".join(m3) + "\n")
+    run_tokenize(f"{tmp}/mix", [f"{tmp}/m1.txt", f"{tmp}/m2.txt.gz", f"{tmp}/m3.jsonl"], "--name", "mix",
+                 "--val-fraction", "0.35", "--shard-size", "100000")
+    ref = [EOT] + enc.encode_ordinary(m1) + [EOT] + enc.encode_ordinary(m2)
+    for d in text.split("\n\n")[:3000]:
+        ref += [EOT] + enc.encode_ordinary(d)
+    val, train = read_shards(f"{tmp}/mix/mix_val_*.bin"), read_shards(f"{tmp}/mix/mix_train_*.bin")
+    check("text + text.gz + JSONL, val cut in the .gz", val + train, ref)
+    first_two = 2 + len(enc.encode_ordinary(m1)) + len(enc.encode_ordinary(m2))
+    if not (1 + len(enc.encode_ordinary(m1)) < len(val) < first_two):
+        failures.append(f"mixed inputs: val {len(val)}, train {len(train)} tokens: the cut is not in the second file")
+
+    # 8. command-line mistakes: one "error:" line naming the file or flag, exit 1; --help exits 0
     for args, fragment in [([f"{tmp}/none.txt"], f"error: {tmp}/none.txt: cannot open"),
                            (["--val-fraction", "2", tfile], "error: --val-fraction: '2'"),
                            (["--shard-size", "0", tfile], "error: --shard-size: '0'"),
