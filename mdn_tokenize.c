@@ -72,7 +72,6 @@ typedef struct {
     // settings
     const char **files;
     int num_files;
-    int threads;
     int64_t total_disk;     // -1: unknown (stdin)
     const Tokenizer *tok;
     ShardWriter train, val;
@@ -523,7 +522,6 @@ int main(int argc, char **argv) {
     Run run = {0};
     run.files = files;
     run.num_files = num_files;
-    run.threads = threads;
     for (int i = 0; i < num_files; i++) {
         struct stat st;
         if (strcmp(files[i], "-") == 0) { run.total_disk = -1; continue; }
@@ -576,11 +574,12 @@ int main(int argc, char **argv) {
         printf("bad input: %lld lines not JSON, %lld lines without a \"text\" string (both skipped), %lld invalid "
                "UTF-8 sequences (replaced by U+FFFD), %lld unreadable files\n",
                (long long)run.bad_json, (long long)run.no_text, (long long)run.bad_utf8, (long long)run.bad_files);
+    if (run.docs == 0) die("%s: no documents in the input", num_files == 1 ? files[0] : "inputs");
     tokenizer_free(&tok);
     free(workers);
     free(run.slots);
     free(files);
     free(name);
     free(bpe_dir);
-    return run.docs > 0 ? 0 : 1;
+    return 0;
 }
