@@ -100,24 +100,54 @@ __device__ __forceinline__ void tile_acc(float c[4], int m0, int n0, int kdim, c
     }
 }
 
+// Operands stored with the inner (k) index contiguous, in shared memory: A(r, k) = p[r*ld + k]
+// (KMajor) and B(k, n) = p[n*ld + k] (KMajorT). With bf16 storage a fragment's pair of
+// k-neighbours is one 32-bit load instead of two loads and a conversion.
+template <typename T> struct KMajor {
+    const T *p;
+    int ld;
+    __device__ float operator()(int r, int k) const { return to_f(p[r * ld + k]); }
+    __device__ uint32_t pair(int r, int k) const {
+        if constexpr (sizeof(T) == 2) return *reinterpret_cast<const uint32_t *>(p + r * ld + k);
+        else return pack_bf16(p[r * ld + k], p[r * ld + k + 1]);
+    }
+};
+template <typename T> struct KMajorT {
+    const T *p;
+    int ld;
+    __device__ float operator()(int k, int n) const { return to_f(p[n * ld + k]); }
+    __device__ uint32_t pair(int k, int n) const {
+        if constexpr (sizeof(T) == 2) return *reinterpret_cast<const uint32_t *>(p + n * ld + k);
+        else return pack_bf16(p[n * ld + k], p[n * ld + k + 1]);
+    }
+};
+template <class F, class = void> struct HasPair : std::false_type {};
+template <class F> struct HasPair<F, std::void_t<decltype(std::declval<const F &>().pair(0, 0))>> : std::true_type {};
+// the bf16 pair (r,k),(r,k+1) of an A operand and (k,n),(k+1,n) of a B operand
+template <class F> __device__ __forceinline__ uint32_t a_pair(const F &f, int r, int k) {
+    if constexpr (HasPair<F>::value) return f.pair(r, k);
+    else return pack_bf16(f(r, k), f(r, k + 1));
+}
+template <class F> __device__ __forceinline__ uint32_t b_pair(const F &f, int k, int n) {
+    if constexpr (HasPair<F>::value) return f.pair(k, n);
+    else return pack_bf16(f(k, n), f(k + 1, n));
+}
+
 // One warp accumulates a 16 x (8*NB) strip: the A fragment is loaded once per k step and used
 // for NB tiles (c[nb] as in tile_acc, columns n0 + 8*nb).
 template <bool MMA, int NB, class FA, class FB>
-__device__ __forceinline__ void strip_acc(float (&c)[NB][4], int m0, int n0, int kdim, const FA &fa, const FB &fb) {
+__device__ __forceinline__ void strip_acc(float (*c)[4], int m0, int n0, int kdim, const FA &fa, const FB &fb) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     if constexpr (MMA) {
         const int r0 = m0 + g, r1 = r0 + 8;
         for (int k = 0; k < kdim; k += 16) {
             const int k0 = k + 2 * t, k1 = k0 + 8;
-            const uint32_t a0 = pack_bf16(fa(r0, k0), fa(r0, k0 + 1));
-            const uint32_t a1 = pack_bf16(fa(r1, k0), fa(r1, k0 + 1));
-            const uint32_t a2 = pack_bf16(fa(r0, k1), fa(r0, k1 + 1));
-            const uint32_t a3 = pack_bf16(fa(r1, k1), fa(r1, k1 + 1));
+            const uint32_t a0 = a_pair(fa, r0, k0), a1 = a_pair(fa, r1, k0);
+            const uint32_t a2 = a_pair(fa, r0, k1), a3 = a_pair(fa, r1, k1);
 #pragma unroll
             for (int nb = 0; nb < NB; nb++) {
                 const int col = n0 + 8 * nb + g;
-                const uint32_t b0 = pack_bf16(fb(k0, col), fb(k0 + 1, col));
-                const uint32_t b1 = pack_bf16(fb(k1, col), fb(k1 + 1, col));
+                const uint32_t b0 = b_pair(fb, k0, col), b1 = b_pair(fb, k1, col);
                 mma_bf16_16816(c[nb], a0, a1, a2, a3, b0, b1);
             }
         }
@@ -365,9 +395,8 @@ __global__ void __launch_bounds__(NTHREADS) mdn_prepare_kernel(Dims d, const T *
     // KK = Khat Khat^T into Ea's space, QK = Qbar Khat^T into Em's space (both free now)
     float *KK = c.Ea, *QK = c.Em;
     const T *Kh = s.Kh, *Qh = s.Qh;
-    auto fk = [=](int i, int col) { return to_f(Kh[i * ldk + col]); };
-    auto fkt = [=](int col, int j) { return to_f(Kh[j * ldk + col]); };
-    auto fq = [=](int i, int col) { return to_f(Qh[i * ldk + col]); };
+    const KMajor<T> fk{Kh, ldk}, fq{Qh, ldk};
+    const KMajorT<T> fkt{Kh, ldk};
     block_gemm<MMA>(CH, CH, d.K, fk, fkt, [=](int i, int j, float v) { KK[i * LDL + j] = v; });
     block_gemm<MMA>(CH, CH, d.K, fq, fkt, [=](int i, int j, float v) { QK[i * LDL + j] = v; });
     __syncthreads();
@@ -428,14 +457,17 @@ template <typename T> struct StateSmem {
     float *R, *U;          // [CH][Vt+4] R, U (forward) or dU, G (reverse)
     float *sc;             // [NSC][CH]
 };
-template <typename T> __host__ __device__ size_t carve_state(StateSmem<T> &s, char *base, int K, int Vt) {
+// with_tile: the reverse pass keeps the d_o tile in shared memory (a product operand); the forward
+// reads v once, in the epilogue of R, straight from global memory
+template <typename T>
+__host__ __device__ size_t carve_state(StateSmem<T> &s, char *base, int K, int Vt, bool with_tile) {
     Carver cv{0, base};
     s.X = cv.take<float>((size_t)2 * K * (Vt + 4));
     s.Kh = cv.take<T>((size_t)CH * (K + pad_of<T>()));
     s.Qh = cv.take<T>((size_t)CH * (K + pad_of<T>()));
     s.Ti = cv.take<T>((size_t)CH * (CH + pad_of<T>()));
     s.QG = cv.take<T>((size_t)CH * (CH + pad_of<T>()));
-    s.Vs = cv.take<T>((size_t)CH * (Vt + pad_of<T>()));
+    s.Vs = with_tile ? cv.take<T>((size_t)CH * (Vt + pad_of<T>())) : nullptr;
     s.R = cv.take<float>((size_t)CH * (Vt + 4));
     s.U = cv.take<float>((size_t)CH * (Vt + 4));
     s.sc = cv.take<float>((size_t)NSC * CH);
@@ -471,7 +503,8 @@ __device__ void load_chunk(const StateSmem<T> &s, const Dims &d, int b, int h, i
     load_rows(s.Qh, ldk, q + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid, s.sc + SC_QS * CH);
     load_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH, (const float *)nullptr);
     load_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH, (const float *)nullptr);
-    load_rows(s.Vs, ldv, tile_src + base * d.V + v0, (size_t)d.H * d.V, CH, d.Vt, rows_valid, (const float *)nullptr);
+    if (tile_src)
+        load_rows(s.Vs, ldv, tile_src + base * d.V + v0, (size_t)d.H * d.V, CH, d.Vt, rows_valid, (const float *)nullptr);
     __syncthreads();
 }
 
@@ -484,14 +517,13 @@ __global__ void __launch_bounds__(NTHREADS)
                          T *Xall, T *Uall) {
     extern __shared__ __align__(16) char smem[];
     StateSmem<T> s;
-    carve_state(s, smem, d.K, d.Vt);
+    carve_state(s, smem, d.K, d.Vt, false);
     constexpr bool MMA = UseMma<T>::value;
     const int bh = blockIdx.y, h = bh % d.H, b = bh / d.H, v0 = blockIdx.x * d.Vt, tid = threadIdx.x;
-    const int K = d.K, Vt = d.Vt, ldx = Vt + 4, ldk = K + pad_of<T>(), ldl = CH + pad_of<T>(),
-              ldv = Vt + pad_of<T>();
+    const int K = d.K, Vt = d.Vt, ldx = Vt + 4, ldk = K + pad_of<T>(), ldl = CH + pad_of<T>();
     float *X = s.X, *R = s.R, *U = s.U;
     const float *sc = s.sc;
-    const T *Kh = s.Kh, *Qh = s.Qh, *Ti = s.Ti, *QG = s.QG, *Vs = s.Vs;
+    const T *Kh = s.Kh, *Qh = s.Qh, *Ti = s.Ti, *QG = s.QG;
 
     for (int e = tid; e < K * Vt; e += blockDim.x) {
         const int r = e / Vt, c = e % Vt;
@@ -507,7 +539,7 @@ __global__ void __launch_bounds__(NTHREADS)
                 const int r = e / Vt, c = e % Vt;
                 Xall[((size_t)bhc * 2 * K + r) * d.V + v0 + c] = from_f<T>(X[r * ldx + c]);
             }
-        load_chunk(s, d, b, h, bhc, t0, v0, q, k, v, vec, Tinv, QKG);
+        load_chunk(s, d, b, h, bhc, t0, v0, q, k, (const T *)nullptr, vec, Tinv, QKG);
         const float *vi = vec + (size_t)bhc * NVEC * CH;
         const float aL = vi[VEC_A * CH + CH - 1], bL = vi[VEC_B * CH + CH - 1], mL = vi[VEC_M * CH + CH - 1];
 
@@ -517,11 +549,14 @@ __global__ void __launch_bounds__(NTHREADS)
         block_gemm2<MMA>(
             CH, Vt, K, [=](int i, int c) { return sc[SC_PA1 * CH + i] * to_f(Kh[i * ldk + c]); }, fxs, K,
             [=](int i, int c) { return sc[SC_PA2 * CH + i] * to_f(Kh[i * ldk + c]); }, fxm,
-            [=](int i, int c, float val) { R[i * ldx + c] = to_f(Vs[i * ldv + c]) + val; });
+            [=](int i, int c, float val) {
+                const float vv = t0 + i < d.T ? to_f(v[(((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c]) : 0.f;
+                R[i * ldx + c] = vv + val;
+            });
         __syncthreads();
         // U = T^-1 R
         block_gemm<MMA>(
-            CH, Vt, CH, [=](int i, int j) { return to_f(Ti[i * ldl + j]); }, [=](int j, int c) { return R[j * ldx + c]; },
+            CH, Vt, CH, KMajor<T>{Ti, ldl}, [=](int j, int c) { return R[j * ldx + c]; },
             [=](int i, int c, float val) {
                 U[i * ldx + c] = val;
                 if (STORE) Uall[((size_t)bhc * CH + i) * d.V + v0 + c] = from_f<T>(val);
@@ -532,7 +567,7 @@ __global__ void __launch_bounds__(NTHREADS)
             block_gemm3<MMA>(
                 CH, Vt, K, [=](int i, int c) { return sc[SC_QA1 * CH + i] * to_f(Qh[i * ldk + c]); }, fxs, K,
                 [=](int i, int c) { return sc[SC_QA2 * CH + i] * to_f(Qh[i * ldk + c]); }, fxm, CH,
-                [=](int i, int j) { return to_f(QG[i * ldl + j]); },
+                KMajor<T>{QG, ldl},
                 [=](int j, int c) { return U[j * ldx + c]; },
                 [=](int i, int c, float val) {
                     if (t0 + i < d.T) o[(((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c] = from_f<T>(val);
@@ -569,7 +604,7 @@ __global__ void __launch_bounds__(NTHREADS)
                          float *dM0) {
     extern __shared__ __align__(16) char smem[];
     StateSmem<T> s;
-    carve_state(s, smem, d.K, d.Vt);
+    carve_state(s, smem, d.K, d.Vt, true);
     constexpr bool MMA = UseMma<T>::value;
     const int bh = blockIdx.y, h = bh % d.H, b = bh / d.H, v0 = blockIdx.x * d.Vt, tid = threadIdx.x;
     const int K = d.K, Vt = d.Vt, ldx = Vt + 4, ldk = K + pad_of<T>(), ldl = CH + pad_of<T>(),
@@ -673,19 +708,22 @@ __global__ void __launch_bounds__(NTHREADS)
     GradSmem<T> s;
     carve_grad(s, smem, KT, Vc);
     constexpr bool MMA = UseMma<T>::value;
-    constexpr int TPE = (CH / 16) * (KT / 8);          // 16 x 8 tiles per L x KT product
-    constexpr int NSE = 6 * TPE / (NTHREADS / 32);     // tiles per warp, six products
-    constexpr int NSF = 2 * (CH / 16) * (CH / 8) / (NTHREADS / 32);   // tiles per warp, F1 F2
-    constexpr int NS = NSE > NSF ? NSE : NSF;
+    constexpr int NB = KT / 8 > 4 ? KT / 8 : 4;         // 8-column tiles per strip
     const int nKt = d.K / KT, kt = blockIdx.x, bhc = blockIdx.y, n = bhc % d.NC, bh = bhc / d.NC;
     const int h = bh % d.H, b = bh / d.H, t0 = n * CH, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int K = d.K, k0 = kt * KT, ldv = Vc + pad_of<T>();
     const bool fcta = kt == nKt;
     const T *dOs = s.dO, *Gs = s.G, *Us = s.U, *S0s = s.S0, *M0s = s.M0, *dS1s = s.dS1, *dM1s = s.dM1;
 
-    float acc[NS][4];
+    // E-CTA: 3 pairs x CH/16 m-tiles = 12 units; F-CTA: CH/16 m-tiles x 2 column halves = 8
+    const int NUNITS = fcta ? 2 * (CH / 16) : 3 * (CH / 16);
+    float acc[2][2][NB][4];
 #pragma unroll
-    for (int i = 0; i < NS; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    for (int ui = 0; ui < 2; ui++)
+#pragma unroll
+        for (int w = 0; w < 2; w++)
+#pragma unroll
+            for (int nb = 0; nb < NB; nb++) acc[ui][w][nb][0] = acc[ui][w][nb][1] = acc[ui][w][nb][2] = acc[ui][w][nb][3] = 0.f;
     float pss = 0.f, psm = 0.f, pmm = 0.f;
 
     for (int v0 = 0; v0 < d.V; v0 += Vc) {
@@ -713,58 +751,67 @@ __global__ void __launch_bounds__(NTHREADS)
                 psm = fmaf(to_f(dS1s[r * ldv + c]), fm0, psm);
                 pmm = fmaf(to_f(dM1s[r * ldv + c]), fm0, pmm);
             }
-        auto rowm = [](const T *A, int ld) { return [=](int i, int c) { return to_f(A[i * ld + c]); }; };
-        auto colm = [](const T *A, int ld) { return [=](int c, int r) { return to_f(A[r * ld + c]); }; };
-        if (!fcta) {
+        // unit u of warp w (u = w, w + 8): E-CTA: E pair p (dO: E1 E2, G: E3 E4, U: E5 E6) and
+        // m-tile mt, all KT columns; F-CTA: m-tile and 32 columns of F1 = dO U^T and F2 = G U^T
+        const KMajor<T> Ado{dOs, ldv}, AG{Gs, ldv}, AU{Us, ldv};
 #pragma unroll
-            for (int si = 0; si < NSE; si++) {
-                const int e = warp + (NTHREADS / 32) * si, which = e / TPE, tt = e % TPE;
-                const int m0 = (tt / (KT / 8)) * 16, n0 = (tt % (KT / 8)) * 8;
-                switch (which) {
-                case 0: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(dOs, ldv), colm(S0s, ldv)); break;
-                case 1: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(dOs, ldv), colm(M0s, ldv)); break;
-                case 2: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(Gs, ldv), colm(S0s, ldv)); break;
-                case 3: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(Gs, ldv), colm(M0s, ldv)); break;
-                case 4: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(Us, ldv), colm(dS1s, ldv)); break;
-                default: tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(Us, ldv), colm(dM1s, ldv)); break;
-                }
-            }
-        } else {
-#pragma unroll
-            for (int si = 0; si < NSF; si++) {
-                const int e = warp + (NTHREADS / 32) * si, which = e / ((CH / 16) * (CH / 8)),
-                          tt = e % ((CH / 16) * (CH / 8));
-                const int m0 = (tt / (CH / 8)) * 16, n0 = (tt % (CH / 8)) * 8;
-                if (which == 0) tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(dOs, ldv), colm(Us, ldv));
-                else tile_acc<MMA>(acc[si], m0, n0, Vc, rowm(Gs, ldv), colm(Us, ldv));
+        for (int ui = 0; ui < 2; ui++) {
+            const int u = warp + (NTHREADS / 32) * ui;
+            if (u >= NUNITS) break;
+            if (!fcta) {
+                const int pr = u / (CH / 16), m0 = (u % (CH / 16)) * 16;
+                const KMajor<T> A = pr == 0 ? Ado : (pr == 1 ? AG : AU);
+                const KMajorT<T> B1{pr < 2 ? S0s : dS1s, ldv}, B2{pr < 2 ? M0s : dM1s, ldv};
+                strip_acc<MMA, KT / 8>(acc[ui][0], m0, 0, Vc, A, B1);
+                strip_acc<MMA, KT / 8>(acc[ui][1], m0, 0, Vc, A, B2);
+            } else {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                const KMajorT<T> BU{Us, ldv};
+                strip_acc<MMA, 4>(acc[ui][0], m0, n0, Vc, Ado, BU);
+                strip_acc<MMA, 4>(acc[ui][1], m0, n0, Vc, AG, BU);
             }
         }
     }
     const int g = lane >> 2, t = lane & 3;
     if (fcta) {
 #pragma unroll
-        for (int si = 0; si < NSF; si++) {
-            const int e = warp + (NTHREADS / 32) * si, which = e / ((CH / 16) * (CH / 8)),
-                      tt = e % ((CH / 16) * (CH / 8));
-            const int m0 = (tt / (CH / 8)) * 16, n0 = (tt % (CH / 8)) * 8;
-            float *Fo = F + ((size_t)bhc * 2 + which) * CH * CH;
-            Fo[(m0 + g) * CH + n0 + 2 * t] = acc[si][0];
-            Fo[(m0 + g) * CH + n0 + 2 * t + 1] = acc[si][1];
-            Fo[(m0 + g + 8) * CH + n0 + 2 * t] = acc[si][2];
-            Fo[(m0 + g + 8) * CH + n0 + 2 * t + 1] = acc[si][3];
+        for (int ui = 0; ui < 2; ui++) {
+            const int u = warp + (NTHREADS / 32) * ui;
+            if (u >= NUNITS) break;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+#pragma unroll
+            for (int which = 0; which < 2; which++) {
+                float *Fo = F + ((size_t)bhc * 2 + which) * CH * CH;
+#pragma unroll
+                for (int nb = 0; nb < 4; nb++) {
+                    const int col = n0 + 8 * nb + 2 * t;
+                    Fo[(m0 + g) * CH + col] = acc[ui][which][nb][0];
+                    Fo[(m0 + g) * CH + col + 1] = acc[ui][which][nb][1];
+                    Fo[(m0 + g + 8) * CH + col] = acc[ui][which][nb][2];
+                    Fo[(m0 + g + 8) * CH + col + 1] = acc[ui][which][nb][3];
+                }
+            }
         }
         return;
     }
     const int lde = KT + 1;
 #pragma unroll
-    for (int si = 0; si < NSE; si++) {
-        const int e = warp + (NTHREADS / 32) * si, which = e / TPE, tt = e % TPE;
-        const int m0 = (tt / (KT / 8)) * 16, n0 = (tt % (KT / 8)) * 8;
-        float *E = s.E + which * CH * lde;
-        E[(m0 + g) * lde + n0 + 2 * t] = acc[si][0];
-        E[(m0 + g) * lde + n0 + 2 * t + 1] = acc[si][1];
-        E[(m0 + g + 8) * lde + n0 + 2 * t] = acc[si][2];
-        E[(m0 + g + 8) * lde + n0 + 2 * t + 1] = acc[si][3];
+    for (int ui = 0; ui < 2; ui++) {
+        const int u = warp + (NTHREADS / 32) * ui;
+        if (u >= NUNITS) break;
+        const int pr = u / (CH / 16), m0 = (u % (CH / 16)) * 16;
+#pragma unroll
+        for (int which = 0; which < 2; which++) {
+            float *E = s.E + (2 * pr + which) * CH * lde;
+#pragma unroll
+            for (int nb = 0; nb < KT / 8; nb++) {
+                const int col = 8 * nb + 2 * t;
+                E[(m0 + g) * lde + col] = acc[ui][which][nb][0];
+                E[(m0 + g) * lde + col + 1] = acc[ui][which][nb][1];
+                E[(m0 + g + 8) * lde + col] = acc[ui][which][nb][2];
+                E[(m0 + g + 8) * lde + col + 1] = acc[ui][which][nb][3];
+            }
+        }
     }
     s.red[tid] = pss;
     s.red[NTHREADS + tid] = psm;
@@ -894,12 +941,12 @@ __global__ void __launch_bounds__(NTHREADS)
     for (int k0 = 0; k0 < K; k0 += KS) {
         load_slice(k0);
         __syncthreads();
-        auto fkt = [=](int cc, int j) { return to_f(Khs[j * lds + cc]); };
+        const KMajorT<T> fkt{Khs, lds};
         block_gemm<MMA>(
-            CH, CH, KS, [=](int i, int cc) { return to_f(Qhs[i * lds + cc]); }, fkt,
+            CH, CH, KS, KMajor<T>{Qhs, lds}, fkt,
             [=](int i, int j, float v) { QK[i * LDL + j] += v; });
         block_gemm<MMA>(
-            CH, CH, KS, [=](int i, int cc) { return to_f(Khs[i * lds + cc]); }, fkt,
+            CH, CH, KS, KMajor<T>{Khs, lds}, fkt,
             [=](int i, int j, float v) { KK[i * LDL + j] += v; });
         __syncthreads();
     }
@@ -952,15 +999,30 @@ __global__ void __launch_bounds__(NTHREADS)
         KK[i * LDL + l] = dEm * Em[i * LDL + l];
     }
     __syncthreads();
-    if (tid < CH) {
-        const int i = tid;
-        float ra = 0.f, rm = 0.f;
+    // d log alpha_t = sum_{s>=t} dA_s with dA_s = rowsum_s(Ra) - colsum_s(Ra) + da_s a_s. Summed
+    // as written, the large diagonal-block terms cancel and leave their rounding error on every
+    // step whose true gradient is small; the same sum, rearranged exactly (Ra is lower
+    // triangular), has no cancellation: sum_{s>=t} sum_{l<t} Ra[s][l] + sum_{s>=t} da_s a_s.
+    // Rows first: exclusive prefix sums over l, in place (Ra rows by threads < CH, Rm by the next CH).
+    if (tid < 2 * CH) {
+        float *Rrow = (tid < CH ? QK : KK) + (tid % CH) * LDL;
+        float run = 0.f;
         for (int l = 0; l < CH; l++) {
-            ra += QK[i * LDL + l] - QK[l * LDL + i];
-            rm += KK[i * LDL + l] - KK[l * LDL + i];
+            const float x = Rrow[l];
+            Rrow[l] = run;
+            run += x;
         }
-        s.dA[i] = ra + s.da[i] * c.a[i];
-        s.dC[i] = rm + s.dm[i] * c.m[i];
+    }
+    __syncthreads();
+    if (tid < CH) {
+        const int t = tid;
+        double sa = 0.0, sm = 0.0;
+        for (int r = t; r < CH; r++) {
+            sa += (double)QK[r * LDL + t] + (double)s.da[r] * c.a[r];
+            sm += (double)KK[r * LDL + t] + (double)s.dm[r] * c.m[r];
+        }
+        s.dA[t] = (float)sa;   // now d log alpha_t (core part)
+        s.dC[t] = (float)sm;   // d log mu_t
     }
     __syncthreads();
     // K slices: dqbar = dQst + Dq (eta o khat); dkappa = dKst + Dq^T qbar + Dp^T (pa o khat);
@@ -1023,19 +1085,13 @@ __global__ void __launch_bounds__(NTHREADS)
         s.dlad[i] = d.use_p ? c.al[i] * red[1] : 0.f;   // p = alpha khat
     }
     __syncthreads();
-    if (tid == 0) {   // reverse cumulative sums (log alpha, log mu are summed into A, C)
-        double sa = 0.0, sc = 0.0;
-        for (int r = CH - 1; r >= 0; r--) {
-            sa += s.dA[r];
-            sc += s.dC[r];
-            if (t0 + r < d.T) {
-                const size_t gi = ((size_t)b * d.T + t0 + r) * d.H + h;
-                if (dlog_alpha) dlog_alpha[gi] = (float)sa + s.dlad[r];
-                if (dlog_mu) dlog_mu[gi] = (float)sc;
-                if (dbeta) dbeta[gi] = s.dbeta[r];
-                if (deta) deta[gi] = s.deta[r];
-            }
-        }
+    if (tid < CH && t0 + tid < d.T) {
+        const int r = tid;
+        const size_t gi = ((size_t)b * d.T + t0 + r) * d.H + h;
+        if (dlog_alpha) dlog_alpha[gi] = s.dA[r] + s.dlad[r];
+        if (dlog_mu) dlog_mu[gi] = s.dC[r];
+        if (dbeta) dbeta[gi] = s.dbeta[r];
+        if (deta) deta[gi] = s.deta[r];
     }
 }
 
@@ -1054,6 +1110,7 @@ const char *mdn_cuda_check_shape(const MdnCudaShape *sh) {
 
 struct Plan {
     Dims d;
+    int vt_bwd;   // V tile of the reverse state pass (d.Vt: the forward passes)
     int KT, nKt, Vc, KS;
     size_t esize;
     size_t vec, tinv, qkg, fwd_total;                          // forward workspace
@@ -1062,9 +1119,37 @@ struct Plan {
 
 static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
-template <typename T> static size_t state_smem(int K, int Vt) {
+template <typename T> static size_t state_smem(int K, int Vt, bool with_tile) {
     StateSmem<T> s;
-    return carve_state<T>(s, nullptr, K, Vt);
+    return carve_state<T>(s, nullptr, K, Vt, with_tile);
+}
+
+// V tile of a state pass: among the tiles that divide V, keep the float32 state block [2K x Vt]
+// at most 64 KB and fit in shared memory, the one with the fewest rounds of CTAs over the SMs,
+// weighing a round by its tile width plus a fixed per-chunk cost (the chunk's operand loads)
+static int pick_vt(const MdnCudaShape *sh, bool with_tile) {
+    static int num_sms = 0;
+    if (num_sms == 0) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            num_sms = 132;
+    }
+    const size_t sm_smem = 228 * 1024, block_reserved = 1024;
+    int best = 16;
+    double best_cost = 1e30;
+    for (int vt = 64; vt >= 16; vt /= 2) {
+        if (sh->V % vt != 0 || 2 * sh->K * vt > 16384) continue;
+        const size_t smem = sh->dtype == MDN_DTYPE_BF16 ? state_smem<__nv_bfloat16>(sh->K, vt, with_tile)
+                                                        : state_smem<float>(sh->K, vt, with_tile);
+        if (smem > 227 * 1024) continue;
+        const long per_sm = (long)(sm_smem / (smem + block_reserved));
+        const long ctas = (long)sh->B * sh->H * (sh->V / vt);
+        const long rounds = (ctas + per_sm * num_sms - 1) / (per_sm * num_sms);
+        const double cost = (double)rounds * (vt + 32);
+        if (cost < best_cost) { best_cost = cost; best = vt; }
+    }
+    return best;
 }
 
 static Plan make_plan(const MdnCudaShape *sh) {
@@ -1078,12 +1163,8 @@ static Plan make_plan(const MdnCudaShape *sh) {
     p.esize = bf ? 2 : 4;
     // V tile of the state passes: the float32 state block [2K x Vt] at most 64 KB, within the
     // shared-memory limit, and dividing V
-    d.Vt = 16;
-    for (int vt = 64; vt >= 16; vt /= 2) {
-        if (sh->V % vt != 0 || 2 * sh->K * vt > 16384) continue;
-        size_t smem = bf ? state_smem<__nv_bfloat16>(sh->K, vt) : state_smem<float>(sh->K, vt);
-        if (smem <= 227 * 1024) { d.Vt = vt; break; }
-    }
+    d.Vt = pick_vt(sh, false);
+    p.vt_bwd = pick_vt(sh, true);
     p.KT = sh->K % 32 == 0 ? 32 : 16;
     p.nKt = sh->K / p.KT;
     p.Vc = sh->V < 64 ? sh->V : 64;
@@ -1139,7 +1220,7 @@ static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, cha
                              (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, tinv, qkg);
     if (err != cudaSuccess) return err;
     const dim3 grid(d.V / d.Vt, d.B * d.H);
-    const size_t smem = state_smem<T>(d.K, d.Vt);
+    const size_t smem = state_smem<T>(d.K, d.Vt, false);
     if (store)
         return launch(mdn_state_fwd_kernel<T, true>, grid, smem, stream, d, (const T *)in->q, (const T *)in->k,
                       (const T *)in->v, in->S0, in->M0, (const float *)vec, (const T *)tinv, (const T *)qkg, (T *)nullptr,
@@ -1169,7 +1250,9 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
     const float *vec = (const float *)(ws + p.vec);
     const T *tinv = (const T *)(ws + p.tinv), *qkg = (const T *)(ws + p.qkg);
     T *G = gr->dv ? (T *)gr->dv : (T *)(ws + p.g);
-    err = launch(mdn_state_bwd_kernel<T>, dim3(d.V / d.Vt, d.B * d.H), state_smem<T>(d.K, d.Vt), stream, d,
+    Dims db = d;
+    db.Vt = p.vt_bwd;
+    err = launch(mdn_state_bwd_kernel<T>, dim3(d.V / db.Vt, d.B * d.H), state_smem<T>(d.K, db.Vt, true), stream, db,
                  (const T *)in->q, (const T *)in->k, d_o, dS_final, dM_final, vec, tinv, qkg, G, (T *)(ws + p.dx),
                  gr->dS0, gr->dM0);
     if (err != cudaSuccess) return err;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <algorithm>
 #include <vector>
 
 #include "../common/utils.h"
@@ -253,6 +254,22 @@ static double rel_err(const Vec &got, const Vec &ref) {
 
 struct Case { int B, T, H, K, V; Regime rg; bool init, dfinal; };
 
+static int verbose = 0;
+
+// --verbose: the three largest absolute errors of a quantity, with their index and reference value
+static void print_worst(const char *name, const Vec &got, const Vec &ref) {
+    std::vector<size_t> idx(ref.size());
+    for (size_t i = 0; i < idx.size(); i++) idx[i] = i;
+    const size_t n = idx.size() < 3 ? idx.size() : 3;
+    std::partial_sort(idx.begin(), idx.begin() + n, idx.end(),
+                      [&](size_t a, size_t b) { return fabs(got[a] - ref[a]) > fabs(got[b] - ref[b]); });
+    double mx = 0;
+    for (double x : ref) mx = fmax(mx, fabs(x));
+    printf("    %s (max |ref| %.3e):", name, mx);
+    for (size_t j = 0; j < n; j++) printf("  [%zu] ref %.4e got %.4e", idx[j], ref[idx[j]], got[idx[j]]);
+    printf("\n");
+}
+
 static int run_case(const Case &cs, bool bf16, double tol, int *checked) {
     Problem P;
     P.B = cs.B; P.T = cs.T; P.H = cs.H; P.K = cs.K; P.V = cs.V; P.init = cs.init;
@@ -299,7 +316,10 @@ static int run_case(const Case &cs, bool bf16, double tol, int *checked) {
         const Vec got = from_device(dptr[i], refs[i]->size(), bf16 && isact[i]);
         if (i == 3) dq_first = got;
         const double e = rel_err(got, *refs[i]);
-        if (!(e <= tol)) fails++;
+        if (!(e <= tol)) {
+            fails++;
+            if (verbose) print_worst(names[i], got, *refs[i]);
+        }
         if (!(e <= worst)) { worst = e; worst_i = i; }
         len += snprintf(line + len, sizeof line - len, " %s %.1e", names[i], e);
         (*checked)++;
@@ -324,7 +344,8 @@ int main(int argc, char **argv) {
     uint64_t seed = (uint64_t)time(NULL);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
-        else die("usage: %s [--seed N]", argv[0]);
+        else if (strcmp(argv[i], "--verbose") == 0) verbose = 1;
+        else die("usage: %s [--seed N] [--verbose]", argv[0]);
     }
     rng_state = seed;
     printf("seed %llu\n", (unsigned long long)seed);
