@@ -100,11 +100,15 @@ static int set_option(TrainArgs *args, const Option *opt, const char *text, char
     }
     int too_small = opt->min_exclusive ? !(value > opt->min) : !(value >= opt->min);
     if (too_small || value > opt->max) {
+        // integers print as integers (1048576, not 1.04858e+06)
+        const char *number_format = opt->type == OPT_DOUBLE ? "%g" : "%.0f";
+        char low[64], high[64];
+        snprintf(low, sizeof(low), number_format, opt->min);
+        snprintf(high, sizeof(high), number_format, opt->max);
         if (opt->max >= NO_LIMIT)
-            return set_error(err, errlen, "--%s: must be %s %g, got '%s'", opt->name, opt->min_exclusive ? ">" : ">=",
-                             opt->min, text);
-        return set_error(err, errlen, "--%s: must be in %s%g, %g], got '%s'", opt->name, opt->min_exclusive ? "(" : "[",
-                         opt->min, opt->max, text);
+            return set_error(err, errlen, "--%s: must be %s %s, got '%s'", opt->name, opt->min_exclusive ? ">" : ">=", low, text);
+        return set_error(err, errlen, "--%s: must be in %s%s, %s], got '%s'", opt->name, opt->min_exclusive ? "(" : "[", low,
+                         high, text);
     }
     if (opt->type == OPT_DOUBLE) *(double *)field = value;
     return 0;
