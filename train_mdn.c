@@ -49,9 +49,18 @@ static void install_signal_handlers(void) {
 // ----------------------------------------------------------------------------
 // small helpers
 
-// rank 0 dies with the message; the other ranks exit quietly (every rank reached the same verdict)
-static void die_all(const Comm *comm, const char *message) {
-    if (comm->rank == 0) fprintf(stderr, "error: %s\n", message);
+// Every rank calls this with its own verdict: if any rank failed, all exit 1, and the lowest failing
+// rank prints its message (one line, not one per rank). No rank is left waiting in a collective.
+static void exit_if_any_failed(Comm *comm, int failed, const char *message) {
+    if (!comm_any(comm, failed)) return;
+    double *failed_ranks = (double *)xcalloc((size_t)comm->world_size, sizeof(double));
+    failed_ranks[comm->rank] = failed ? 1.0 : 0.0;
+    comm_allreduce_sum(comm, failed_ranks, (size_t)comm->world_size, COMM_F64);
+    int first = 0;
+    while (failed_ranks[first] == 0.0) first++;
+    if (comm->rank == first) fprintf(stderr, "error: %s\n", message);
+    free(failed_ranks);
+    comm_finalize(comm);
     exit(EXIT_FAILURE);
 }
 
@@ -255,10 +264,10 @@ int main(int argc, char **argv) {
     // flags and config
     TrainArgs args;
     int parsed = cli_parse(&args, argc, argv, err, sizeof(err));
-    if (parsed == 1) { comm_finalize(&comm); return 0; }
-    if (parsed != 0) die_all(&comm, err);
+    if (parsed == 1) { comm_finalize(&comm); return 0; }  // --help
+    exit_if_any_failed(&comm, parsed == -1, err);
     MdnConfig config;
-    if (config_load(&config, args.config, err, sizeof(err)) != 0) die_all(&comm, err);
+    exit_if_any_failed(&comm, config_load(&config, args.config, err, sizeof(err)) != 0, err);
     if (args.dry_run) {
         // the summary needs no activations: a model for one token
         if (rank0) {
@@ -289,22 +298,21 @@ int main(int argc, char **argv) {
             out_failed = 1;
         }
     }
-    if (comm_any(&comm, out_failed)) die_all(&comm, err);
+    exit_if_any_failed(&comm, out_failed, err);
 
     // data: every rank validates every shard up front
     DataLoader train_loader, val_loader;
     int have_val = args.val_data[0] != '\0' && args.val_interval > 0;
-    if (dataloader_init(&train_loader, args.train_data, B, T, comm.rank, world, args.shuffle, (uint64_t)args.seed,
-                        config.vocab_size, err, sizeof(err)) != 0)
-        die_all(&comm, err);
-    if (have_val && dataloader_init(&val_loader, args.val_data, B, T, comm.rank, world, 0, (uint64_t)args.seed,
-                                    config.vocab_size, err, sizeof(err)) != 0)
-        die_all(&comm, err);
+    exit_if_any_failed(&comm, dataloader_init(&train_loader, args.train_data, B, T, comm.rank, world, args.shuffle,
+                                              (uint64_t)args.seed, config.vocab_size, err, sizeof(err)) != 0, err);
+    if (have_val)
+        exit_if_any_failed(&comm, dataloader_init(&val_loader, args.val_data, B, T, comm.rank, world, 0, (uint64_t)args.seed,
+                                                  config.vocab_size, err, sizeof(err)) != 0, err);
 
     // the model and its optimizer
     Model *model = model_build(&config, B, T);
     if (args.init_from[0] != '\0') {
-        if (model_load_hf_weights(model, args.init_from, err, sizeof(err)) != 0) die_all(&comm, err);
+        exit_if_any_failed(&comm, model_load_hf_weights(model, args.init_from, err, sizeof(err)) != 0, err);
     } else {
         model_init_weights(model, (uint64_t)args.seed);
     }
@@ -352,7 +360,7 @@ int main(int argc, char **argv) {
                 bad = 1;
             }
         }
-        if (comm_any(&comm, bad)) die_all(&comm, err);
+        exit_if_any_failed(&comm, bad, err);
         found = comm_any(&comm, found);
         if (found) {
             int64_t scalars[9] = {state.step, state.num_updates, state.nan_steps_total, state.nan_steps_in_row,
@@ -378,7 +386,7 @@ int main(int argc, char **argv) {
             opt.nan_steps_in_row = scalars[3];
             DataLoaderPosition position = {scalars[4], scalars[5], scalars[6], (uint64_t)scalars[7]};
             sample_rng = (uint64_t)scalars[8];
-            if (dataloader_set_position(&train_loader, position, err, sizeof(err)) != 0) die_all(&comm, err);
+            exit_if_any_failed(&comm, dataloader_set_position(&train_loader, position, err, sizeof(err)) != 0, err);
             if (rank0) {
                 printf("resumed from %s at step %lld (written by %d rank%s)\n", path, (long long)start_step, state.world_size,
                        state.world_size == 1 ? "" : "s");
@@ -468,7 +476,7 @@ int main(int argc, char **argv) {
                      "(no checkpoint written: the last one in %s is the last good state)",
                      (long long)opt.nan_steps_in_row, (long long)(step - opt.nan_steps_in_row + 1), (long long)step,
                      args.out[0] ? args.out : "(no --out)");
-            die_all(&comm, err);
+            exit_if_any_failed(&comm, 1, err);
         }
 
         int last = step == args.steps;
@@ -515,7 +523,7 @@ int main(int argc, char **argv) {
             free(full_m);
             free(full_v);
             free(path);
-            if (comm_any(&comm, failed)) die_all(&comm, err);
+            exit_if_any_failed(&comm, failed, err);
         }
         if (stopping) {
             if (rank0)
