@@ -339,7 +339,12 @@ int main(int argc, char **argv) {
     char *config_json = config_to_json(&config);
     char *flags_json = cli_to_json(&args);
     uint64_t sample_rng = (uint64_t)args.seed * 0x9E3779B97F4A7C15ULL + 1;
-    if (rank0) printf("params: %zu (this rank updates [%zu, %zu))\n", N, zero.begin, zero.end);
+    if (rank0) {
+        size_t decayed = 0;
+        for (int i = 0; i < model->num_tensors; i++) decayed += opt.segments.decay[i] ? model->tensors[i].numel : 0;
+        printf("params: %zu (this rank updates [%zu, %zu)); weight decay on %zu of them%s\n", N, zero.begin, zero.end, decayed,
+               args.no_decay_set ? " (--no-decay-set: not on the gate parameters and norms)" : "");
+    }
 
     // resume: rank 0 finds the newest valid checkpoint and sends it to everyone
     int64_t start_step = 0;

@@ -10,6 +10,7 @@
 #   ranks     a checkpoint written by 2 ranks resumed by 1 (and the other way) continues the same run
 #   learn     200 steps: validation loss below the unigram entropy of the training bytes
 #   export    --export-hf writes an HF directory that --init-from loads back exactly
+#   nodecay   the parameters --no-decay-set spares from weight decay
 #   dryrun    --dry-run prints the exact parameter counts of the paper's configs
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -162,6 +163,15 @@ PY
     init=$(losses "$work/init/log.jsonl" | sed 's/.*"loss"://')
     awk -v a="$init" -v b="$fresh" 'BEGIN {exit !(a < b - 0.1)}' || fail "--init-from loss $init not below the fresh loss $fresh"
     echo "OK: --export-hf == final params bit for bit; --init-from it: first loss $init (fresh init: $fresh)"
+    ;;
+nodecay)
+    # the paper decays every parameter; --no-decay-set spares A_log, Mu_log, dt_bias, mu_bias,
+    # log_factor, D_log (6 x 2 heads x 2 layers = 24) and the norms (attn_norm, mlp_norm 2 x 2 x 32,
+    # o_norm 2 x 16, final norm 32 = 192) of the tiny model: 216 of its 77272 parameters
+    args=("${COMMON[@]}" --batch-size 2 --steps 1 --val-interval 0)
+    $BIN "${args[@]}" | grep -q "^params: 77272 .*weight decay on 77272 of them$" || fail "default: decay on every parameter"
+    $BIN "${args[@]}" --no-decay-set | grep -q "^params: 77272 .*weight decay on 77056 of them" || fail "--no-decay-set: expected 77056 decayed"
+    echo "OK: weight decay on all 77272 parameters by default, on 77056 with --no-decay-set"
     ;;
 dryrun)
     out=$($BIN --config configs/momentum_deltanet_400M.json --dry-run) || fail "dry run 400M"
