@@ -194,11 +194,16 @@ __device__ void block_gemm3_nb(int M, int N, int K1, const FA1 &fa1, const FB1 &
 
 // The whole block computes C (M x N, multiples of 16 and 8) = fa1 fb1 (inner K1) + fa2 fb2
 // (inner K2) + fa3 fb3 (inner K3; K2, K3 may be 0) and hands every element to epi(row, col,
-// value) exactly once. Warps take 16 x 32 strips when N allows (A fragments reused 4 times).
+// value) exactly once. Warps take 16 x 32 or 16 x 16 strips where no warp is left idle (A reused).
 template <bool MMA, class FA1, class FB1, class FA2, class FB2, class FA3, class FB3, class FE>
 __device__ void block_gemm3(int M, int N, int K1, const FA1 &fa1, const FB1 &fb1, int K2, const FA2 &fa2,
                             const FB2 &fb2, int K3, const FA3 &fa3, const FB3 &fb3, const FE &epi) {
-    if (N % 32 == 0) block_gemm3_nb<MMA, 4>(M, N, K1, fa1, fb1, K2, fa2, fb2, K3, fa3, fb3, epi);
+    // the widest strip that still gives every warp work
+    const int nwarps = blockDim.x >> 5;
+    if (N % 32 == 0 && (M >> 4) * (N / 32) >= nwarps)
+        block_gemm3_nb<MMA, 4>(M, N, K1, fa1, fb1, K2, fa2, fb2, K3, fa3, fb3, epi);
+    else if (N % 16 == 0 && (M >> 4) * (N / 16) >= nwarps)
+        block_gemm3_nb<MMA, 2>(M, N, K1, fa1, fb1, K2, fa2, fb2, K3, fa3, fb3, epi);
     else block_gemm3_nb<MMA, 1>(M, N, K1, fa1, fb1, K2, fa2, fb2, K3, fa3, fb3, epi);
 }
 template <bool MMA, class FA1, class FB1, class FA2, class FB2, class FE>
@@ -509,12 +514,13 @@ __device__ void load_chunk(const StateSmem<T> &s, const Dims &d, int b, int h, i
 }
 
 // STORE = false: forward (writes o and final states). STORE = true: the backward's recompute
-// (writes each chunk's X0 to Xall [bhc][2K][V] and U to Uall [bhc][CH][V]).
+// (writes each chunk's X0 to Xall [bhc][2K][V] in float32 — the gate gradients' end-of-chunk
+// reductions <dS1,S0>, <dS1,M0>, <dM1,M0> need it — and U to Uall [bhc][CH][V]).
 template <typename T, bool STORE>
 __global__ void __launch_bounds__(NTHREADS)
     mdn_state_fwd_kernel(Dims d, const T *q, const T *k, const T *v, const float *S0, const float *M0,
                          const float *vec, const T *Tinv, const T *QKG, T *o, float *S_final, float *M_final,
-                         T *Xall, T *Uall) {
+                         float *Xall, T *Uall) {
     extern __shared__ __align__(16) char smem[];
     StateSmem<T> s;
     carve_state(s, smem, d.K, d.Vt, false);
@@ -537,7 +543,7 @@ __global__ void __launch_bounds__(NTHREADS)
         if (STORE)
             for (int e = tid; e < 2 * K * Vt; e += blockDim.x) {
                 const int r = e / Vt, c = e % Vt;
-                Xall[((size_t)bhc * 2 * K + r) * d.V + v0 + c] = from_f<T>(X[r * ldx + c]);
+                Xall[((size_t)bhc * 2 * K + r) * d.V + v0 + c] = X[r * ldx + c];
             }
         load_chunk(s, d, b, h, bhc, t0, v0, q, k, (const T *)nullptr, vec, Tinv, QKG);
         const float *vi = vec + (size_t)bhc * NVEC * CH;
@@ -600,7 +606,7 @@ __global__ void __launch_bounds__(NTHREADS)
 template <typename T>
 __global__ void __launch_bounds__(NTHREADS)
     mdn_state_bwd_kernel(Dims d, const T *q, const T *k, const T *d_o, const float *dS_final, const float *dM_final,
-                         const float *vec, const T *Tinv, const T *QKG, T *G_out, T *dXall, float *dS0,
+                         const float *vec, const T *Tinv, const T *QKG, T *G_out, float *dXall, float *dS0,
                          float *dM0) {
     extern __shared__ __align__(16) char smem[];
     StateSmem<T> s;
@@ -624,7 +630,7 @@ __global__ void __launch_bounds__(NTHREADS)
         __syncthreads();
         for (int e = tid; e < 2 * K * Vt; e += blockDim.x) {
             const int r = e / Vt, c = e % Vt;
-            dXall[((size_t)bhc * 2 * K + r) * d.V + v0 + c] = from_f<T>(dX[r * ldx + c]);
+            dXall[((size_t)bhc * 2 * K + r) * d.V + v0 + c] = dX[r * ldx + c];
         }
         load_chunk(s, d, b, h, bhc, t0, v0, q, k, d_o, vec, Tinv, QKG);
         const float *vi = vec + (size_t)bhc * NVEC * CH;
@@ -702,7 +708,7 @@ template <typename T> __host__ __device__ size_t carve_grad(GradSmem<T> &s, char
 template <typename T, int KT>
 __global__ void __launch_bounds__(NTHREADS)
     mdn_bwd_state_grads_kernel(Dims d, int Vc, const T *q, const T *k, const T *d_o, const T *Gin, const T *Uall,
-                               const T *Xall, const T *dXall, const float *vec, float *dQst, float *dPst,
+                               const float *Xall, const float *dXall, const float *vec, float *dQst, float *dPst,
                                float *dKst, float *rowp, float *scal, float *F) {
     extern __shared__ __align__(16) char smem[];
     GradSmem<T> s;
@@ -736,21 +742,30 @@ __global__ void __launch_bounds__(NTHREADS)
             load_rows(s.U, ldv, Uall + (size_t)bhc * CH * d.V + v0, d.V, CH, Vc, CH, (const float *)nullptr);
             if (!fcta) {
                 const size_t xs = ((size_t)bhc * 2 * K + k0) * d.V + v0, xm = xs + (size_t)K * d.V;
-                load_rows(s.S0, ldv, Xall + xs, d.V, KT, Vc, KT, (const float *)nullptr);
-                load_rows(s.M0, ldv, Xall + xm, d.V, KT, Vc, KT, (const float *)nullptr);
-                load_rows(s.dS1, ldv, dXall + xs, d.V, KT, Vc, KT, (const float *)nullptr);
-                load_rows(s.dM1, ldv, dXall + xm, d.V, KT, Vc, KT, (const float *)nullptr);
+                // float32 states: the scalar reductions in float32, the product operands in T
+                for (int e = tid; e < KT * (Vc / 4); e += blockDim.x) {
+                    const int r = e / (Vc / 4), c = (e - r * (Vc / 4)) * 4;
+                    const size_t o = (size_t)r * d.V + c;
+                    const float4 fs0 = *reinterpret_cast<const float4 *>(Xall + xs + o);
+                    const float4 fm0 = *reinterpret_cast<const float4 *>(Xall + xm + o);
+                    const float4 fds = *reinterpret_cast<const float4 *>(dXall + xs + o);
+                    const float4 fdm = *reinterpret_cast<const float4 *>(dXall + xm + o);
+                    const float as0[4] = {fs0.x, fs0.y, fs0.z, fs0.w}, am0[4] = {fm0.x, fm0.y, fm0.z, fm0.w};
+                    const float ads[4] = {fds.x, fds.y, fds.z, fds.w}, adm[4] = {fdm.x, fdm.y, fdm.z, fdm.w};
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        s.S0[r * ldv + c + j] = from_f<T>(as0[j]);
+                        s.M0[r * ldv + c + j] = from_f<T>(am0[j]);
+                        s.dS1[r * ldv + c + j] = from_f<T>(ads[j]);
+                        s.dM1[r * ldv + c + j] = from_f<T>(adm[j]);
+                        pss = fmaf(ads[j], as0[j], pss);
+                        psm = fmaf(ads[j], am0[j], psm);
+                        pmm = fmaf(adm[j], am0[j], pmm);
+                    }
+                }
             }
         }
         __syncthreads();
-        if (!fcta)
-            for (int e = tid; e < KT * Vc; e += blockDim.x) {
-                const int r = e / Vc, c = e % Vc;
-                const float fs0 = to_f(S0s[r * ldv + c]), fm0 = to_f(M0s[r * ldv + c]);
-                pss = fmaf(to_f(dS1s[r * ldv + c]), fs0, pss);
-                psm = fmaf(to_f(dS1s[r * ldv + c]), fm0, psm);
-                pmm = fmaf(to_f(dM1s[r * ldv + c]), fm0, pmm);
-            }
         // unit u of warp w (u = w, w + 8): E-CTA: E pair p (dO: E1 E2, G: E3 E4, U: E5 E6) and
         // m-tile mt, all KT columns; F-CTA: m-tile and 32 columns of F1 = dO U^T and F2 = G U^T
         const KMajor<T> Ado{dOs, ldv}, AG{Gs, ldv}, AU{Us, ldv};
@@ -1175,8 +1190,8 @@ static Plan make_plan(const MdnCudaShape *sh) {
     p.tinv = off; off = align256(off + nbhc * CH * CH * p.esize);
     p.qkg = off; off = align256(off + nbhc * CH * CH * p.esize);
     p.fwd_total = off;
-    p.x = off; off = align256(off + nbhc * 2 * sh->K * sh->V * p.esize);
-    p.dx = off; off = align256(off + nbhc * 2 * sh->K * sh->V * p.esize);
+    p.x = off; off = align256(off + nbhc * 2 * sh->K * sh->V * 4);
+    p.dx = off; off = align256(off + nbhc * 2 * sh->K * sh->V * 4);
     p.u = off; off = align256(off + nbhc * CH * sh->V * p.esize);
     p.g = off; off = align256(off + (size_t)sh->B * sh->T * sh->H * sh->V * p.esize);
     p.dqs = off; off = align256(off + nbhc * CH * sh->K * 4);
@@ -1224,10 +1239,10 @@ static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, cha
     if (store)
         return launch(mdn_state_fwd_kernel<T, true>, grid, smem, stream, d, (const T *)in->q, (const T *)in->k,
                       (const T *)in->v, in->S0, in->M0, (const float *)vec, (const T *)tinv, (const T *)qkg, (T *)nullptr,
-                      (float *)nullptr, (float *)nullptr, (T *)(ws + p.x), (T *)(ws + p.u));
+                      (float *)nullptr, (float *)nullptr, (float *)(ws + p.x), (T *)(ws + p.u));
     return launch(mdn_state_fwd_kernel<T, false>, grid, smem, stream, d, (const T *)in->q, (const T *)in->k,
                   (const T *)in->v, in->S0, in->M0, (const float *)vec, (const T *)tinv, (const T *)qkg, o, S_final,
-                  M_final, (T *)nullptr, (T *)nullptr);
+                  M_final, (float *)nullptr, (T *)nullptr);
 }
 
 cudaError_t mdn_chunk_forward_cuda(const MdnCudaShape *shape, const MdnCudaInputs *in, void *o, float *S_final,
@@ -1253,7 +1268,7 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
     Dims db = d;
     db.Vt = p.vt_bwd;
     err = launch(mdn_state_bwd_kernel<T>, dim3(d.V / db.Vt, d.B * d.H), state_smem<T>(d.K, db.Vt, true), stream, db,
-                 (const T *)in->q, (const T *)in->k, d_o, dS_final, dM_final, vec, tinv, qkg, G, (T *)(ws + p.dx),
+                 (const T *)in->q, (const T *)in->k, d_o, dS_final, dM_final, vec, tinv, qkg, G, (float *)(ws + p.dx),
                  gr->dS0, gr->dM0);
     if (err != cudaSuccess) return err;
     GradSmem<T> gs;
@@ -1263,12 +1278,12 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
     const dim3 ggrid(p.nKt + 1, nbhc);
     if (p.KT == 32)
         err = launch(mdn_bwd_state_grads_kernel<T, 32>, ggrid, gsmem, stream, d, p.Vc, (const T *)in->q,
-                     (const T *)in->k, d_o, (const T *)G, (const T *)(ws + p.u), (const T *)(ws + p.x),
-                     (const T *)(ws + p.dx), vec, dqs, dps, dks, rowp, scal, F);
+                     (const T *)in->k, d_o, (const T *)G, (const T *)(ws + p.u), (const float *)(ws + p.x),
+                     (const float *)(ws + p.dx), vec, dqs, dps, dks, rowp, scal, F);
     else
         err = launch(mdn_bwd_state_grads_kernel<T, 16>, ggrid, gsmem, stream, d, p.Vc, (const T *)in->q,
-                     (const T *)in->k, d_o, (const T *)G, (const T *)(ws + p.u), (const T *)(ws + p.x),
-                     (const T *)(ws + p.dx), vec, dqs, dps, dks, rowp, scal, F);
+                     (const T *)in->k, d_o, (const T *)G, (const T *)(ws + p.u), (const float *)(ws + p.x),
+                     (const float *)(ws + p.dx), vec, dqs, dps, dks, rowp, scal, F);
     if (err != cudaSuccess) return err;
     ChunkBwdSmem<T> cs;
     const size_t csmem = carve_chunk_bwd<T>(cs, nullptr, p.KS);
