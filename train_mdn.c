@@ -303,11 +303,14 @@ int main(int argc, char **argv) {
     // data: every rank validates every shard up front
     DataLoader train_loader, val_loader;
     int have_val = args.val_data[0] != '\0' && args.val_interval > 0;
-    exit_if_any_failed(&comm, dataloader_init(&train_loader, args.train_data, B, T, comm.rank, world, args.shuffle,
-                                              (uint64_t)args.seed, config.vocab_size, err, sizeof(err)) != 0, err);
-    if (have_val)
-        exit_if_any_failed(&comm, dataloader_init(&val_loader, args.val_data, B, T, comm.rank, world, 0, (uint64_t)args.seed,
-                                                  config.vocab_size, err, sizeof(err)) != 0, err);
+    int train_failed = dataloader_init(&train_loader, args.train_data, B, T, comm.rank, world, args.shuffle,
+                                       (uint64_t)args.seed, config.vocab_size, err, sizeof(err)) != 0;
+    int val_failed = !train_failed && have_val &&
+                     dataloader_init(&val_loader, args.val_data, B, T, comm.rank, world, 0, (uint64_t)args.seed,
+                                     config.vocab_size, err, sizeof(err)) != 0;
+    if ((train_failed || val_failed) && strstr(err, "no shard matches") && strncmp(err, "data/tinyshakespeare/", 21) == 0)
+        strncat(err, " (the default data: make it with scripts/prepare_tinyshakespeare.sh)", sizeof(err) - strlen(err) - 1);
+    exit_if_any_failed(&comm, train_failed || val_failed, err);
 
     // the model and its optimizer
     Model *model = model_build(&config, B, T);
@@ -420,6 +423,8 @@ int main(int argc, char **argv) {
         else fprintf(stderr, "warning: %s; samples will print token ids\n", err);
     }
 
+    if (rank0 && start_step >= args.steps)
+        printf("nothing to train: the run is already at step %lld of --steps %lld\n", (long long)start_step, (long long)args.steps);
     install_signal_handlers();
     int32_t *inputs = (int32_t *)xmalloc((size_t)B * T * sizeof(int32_t));
     int32_t *targets = (int32_t *)xmalloc((size_t)B * T * sizeof(int32_t));
