@@ -5,6 +5,8 @@
 # (double, -DMDN_DOUBLE, the finite-difference checks). Programs link one of the two libraries.
 # CUDA code (*.cu) is built when nvcc is found; CI has nvcc but no GPU, so a CUDA build break fails CI.
 # OpenMPI (mpicc) is used when found: the CPU trainer's multi-process back end.
+# NCCL (nccl.h next to nvcc's CUDA, or in /usr/local/include, /usr/include) is used when found: the
+# GPU trainer's multi-GPU back end (common/collectives_nccl.cu), bootstrapped over MPI.
 
 CC ?= gcc
 # -march=native: the CPU matmuls (layers/linear.c) run ~3x faster with AVX2/FMA than with the
@@ -23,7 +25,9 @@ CUDA_LDLIBS = -lcublasLt -lcublas -lm -lgomp
 CPU_SRCS := $(sort $(wildcard common/*.c mdn_kernels/*.c layers/*.c dataloader/*.c))
 F32_OBJS := $(patsubst %.c,build/f32/%.o,$(CPU_SRCS))
 F64_OBJS := $(patsubst %.c,build/f64/%.o,$(CPU_SRCS))
-CUDA_SRCS := $(sort $(wildcard mdn_kernels/*.cu layers/*.cu common/*.cu))
+NCCL_H := $(firstword $(realpath $(wildcard $(dir $(NVCC))../include/nccl.h /usr/local/include/nccl.h /usr/include/nccl.h)))
+NCCL_LDLIBS := $(if $(NCCL_H),$(addprefix -L,$(realpath $(dir $(NCCL_H))../lib $(dir $(NCCL_H))../lib64)) -lnccl)
+CUDA_SRCS := $(sort $(filter-out $(if $(NCCL_H),,common/collectives_nccl.cu),$(wildcard mdn_kernels/*.cu layers/*.cu common/*.cu)))
 CUDA_OBJS := $(patsubst %.cu,build/cuda/%.o,$(CUDA_SRCS))
 HEADERS := $(wildcard common/*.h common/*.cuh mdn_kernels/*.h mdn_kernels/*.cuh layers/*.h layers/*.cuh dataloader/*.h)
 
@@ -36,7 +40,7 @@ CUDA_PROGRAMS := $(if $(wildcard train_mdn.cu),train_mdn) \
 # tests: test/test_X.c links the float build, test/test_X_f64.c the double build, test/test_X.cu CUDA
 TEST_F32 := $(patsubst test/%.c,build/test/%,$(filter-out %_f64.c,$(wildcard test/test_*.c)))
 TEST_F64 := $(patsubst test/%.c,build/test/%,$(wildcard test/test_*_f64.c))
-TEST_CUDA := $(patsubst test/%.cu,build/test/%,$(wildcard test/test_*.cu))
+TEST_CUDA := $(patsubst test/%.cu,build/test/%,$(filter-out $(if $(NCCL_H),,test/test_collectives_nccl.cu),$(wildcard test/test_*.cu)))
 
 ifneq ($(NVCC),)
 ALL := $(CPU_PROGRAMS) $(CUDA_PROGRAMS) $(TEST_F32) $(TEST_F64) $(TEST_CUDA)
@@ -112,6 +116,10 @@ build/test/%: test/%.c build/libmdn_f32.a $(HEADERS)
 build/test/%: test/%.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
 	@mkdir -p build/test
 	$(NVCC) $(NVCCFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS)
+# the NCCL back end's test: NCCL, and MPI for `mpirun -np 2` (collectives.c is built with it)
+build/test/test_collectives_nccl: test/test_collectives_nccl.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
+	@mkdir -p build/test
+	$(NVCC) $(NVCCFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS) $(NCCL_LDLIBS) $(MPI_LDLIBS)
 
 # the test list is test/tests.txt; test/run_tests.sh runs it and ends with "N passed, N failed"
 test: all

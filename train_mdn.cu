@@ -66,8 +66,28 @@ static double validate(GpuModel *gm, DataLoader *val, int val_batches, int32_t *
     return sum / val_batches;
 }
 
+// keep the lines of log.jsonl with "step" <= last_step (a resumed run rewrites what follows), as train_mdn_cpu
+static void truncate_log(const char *path, int64_t last_step) {
+    size_t size;
+    char err[512];
+    char *text = read_file(path, &size, err, sizeof err);
+    if (text == NULL) return;
+    FILE *f = fopen(path, "wb");
+    if (f == NULL) die("%s: cannot rewrite (%s)", path, strerror(errno));
+    for (char *line = text; *line;) {
+        char *newline = strchr(line, '\n');
+        size_t len = newline ? (size_t)(newline - line) + 1 : strlen(line);
+        long long step;
+        if (sscanf(line, "{\"step\":%lld", &step) == 1 && step <= last_step) fwrite(line, 1, len, f);
+        line += len;
+    }
+    if (fclose(f) != 0) die("%s: write failed (%s)", path, strerror(errno));
+    free(text);
+}
+
 static void save_checkpoint(const TrainArgs *args, GpuModel *gm, const MdnConfig *config, int64_t step,
-                            int64_t num_updates, int64_t nan_total, int64_t nan_in_row, const DataLoader *train) {
+                            int64_t num_updates, int64_t nan_total, int64_t nan_in_row, uint64_t sample_rng,
+                            const DataLoader *train) {
     TrainState st;
     memset(&st, 0, sizeof st);
     st.step = step;
@@ -75,6 +95,7 @@ static void save_checkpoint(const TrainArgs *args, GpuModel *gm, const MdnConfig
     st.nan_steps_total = nan_total;
     st.nan_steps_in_row = nan_in_row;
     st.data_position = dataloader_get_position(train);
+    st.sample_rng = sample_rng;
     st.world_size = 1;
     st.config_json = config_to_json(config);
     st.flags_json = cli_to_json(args);
@@ -124,6 +145,7 @@ int main(int argc, char **argv) {
 
     // the starting point: the latest checkpoint in --out (--resume), else --init-from or a fresh init
     int64_t start_step = 0, num_updates = 0, nan_total = 0, nan_in_row = 0;
+    uint64_t sample_rng = (uint64_t)args.seed;   // kept for train_mdn_cpu (the GPU trainer prints no samples yet)
     int resumed = 0;
     TrainState st;
     char ckpt_path[1024];
@@ -138,6 +160,7 @@ int main(int argc, char **argv) {
         num_updates = st.num_updates;
         nan_total = st.nan_steps_total;
         nan_in_row = st.nan_steps_in_row;
+        sample_rng = st.sample_rng;
         resumed = 1;
         printf("resumed from %s at step %lld\n", ckpt_path, (long long)start_step);
     } else {
@@ -163,6 +186,7 @@ int main(int argc, char **argv) {
         if (mkdir(args.out, 0755) != 0 && errno != EEXIST) die("--out %s: cannot create the directory", args.out);
         char path[1024];
         snprintf(path, sizeof path, "%s/log.jsonl", args.out);
+        if (resumed) truncate_log(path, start_step);
         log = fopen(path, "a");
         if (log == NULL) die("%s: cannot open for appending", path);
     }
@@ -219,15 +243,18 @@ int main(int argc, char **argv) {
             printf("step %5lld | val loss %.6f\n", (long long)step + 1, val_loss);
         }
         if (log != NULL) {
-            fprintf(log, "{\"step\": %lld, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, \"tokens_per_s\": %.1f, "
-                         "\"mfu\": %.5f",
-                    (long long)step + 1, loss, lr, grad_norm, shown, mfu);
-            if (!isnan(val_loss)) fprintf(log, ", \"val_loss\": %.7g", val_loss);
+            // the same fields and formats as train_mdn_cpu (%.9g: a float's exact value)
+            if (isfinite(loss)) fprintf(log, "{\"step\":%lld,\"loss\":%.9g", (long long)step + 1, loss);
+            else fprintf(log, "{\"step\":%lld,\"loss\":null", (long long)step + 1);
+            fprintf(log, ",\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens_per_s\":%.1f,\"mfu\":%.5f", lr,
+                    isfinite(grad_norm) ? grad_norm : -1.0, shown, mfu);
+            if (!isfinite(grad_norm)) fprintf(log, ",\"skipped\":true");
+            if (!isnan(val_loss)) fprintf(log, ",\"val_loss\":%.9g", val_loss);
             fprintf(log, "}\n");
             fflush(log);
         }
         if (args.out[0] != '\0' && (last || (args.checkpoint_interval > 0 && (step + 1) % args.checkpoint_interval == 0)))
-            save_checkpoint(&args, gm, &config, step + 1, num_updates, nan_total, nan_in_row, &train);
+            save_checkpoint(&args, gm, &config, step + 1, num_updates, nan_total, nan_in_row, sample_rng, &train);
     }
     if (args.export_hf != NULL && args.export_hf[0] != '\0') {
         Model *cpu = model_build(&config, 1, 1);

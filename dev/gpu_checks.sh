@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.." || exit 1
 out="${OUT:-build/gpu_checks}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
-make -j16 train_mdn test_mdn dev/bench_train build/test/test_layers_cuda > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+make -j16 train_mdn train_mdn_cpu test_mdn dev/bench_train build/test/test_layers_cuda > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 timeout 120 build/test/test_layers_cuda > "$out/layers.log" 2>&1; echo "layers rc=$?" >> "$out/summary.txt"
 for dt in f32 bf16; do
     timeout 60 ./test_mdn --model test/data/small --state test/data/small/state.safetensors --device cuda --dtype $dt \
@@ -30,6 +30,26 @@ PY
 timeout 120 ./train_mdn --config test/data/trainer_tiny.json --train-data "$work/train_*.bin" --val-data "$work/val_*.bin" \
     --batch-size 8 --seq-len 256 --steps 150 --warmup-steps 10 --lr 3e-3 --val-interval 50 --val-batches 4 \
     --out "$work/run" > "$out/train_tiny.log" 2>&1; echo "train_mdn tiny rc=$?" >> "$out/summary.txt"
+# checkpoints across trainers: CPU 20 steps -> GPU resumes to 40, and GPU 20 -> CPU resumes to 40;
+# each compared with the other trainer's uninterrupted 40 steps (bf16 vs float32: close, not equal)
+common=(--config test/data/trainer_tiny.json --train-data "$work/train_*.bin" --val-data "" --batch-size 4 --seq-len 128
+        --steps 40 --warmup-steps 5 --lr 1e-3 --checkpoint-interval 20)
+{
+    ./train_mdn_cpu "${common[@]}" --out "$work/cpu" && ./train_mdn "${common[@]}" --out "$work/gpu" &&
+    mkdir -p "$work/g2" "$work/c2" && cp "$work/cpu/checkpoint_00000020.safetensors" "$work/g2/" &&
+    cp "$work/gpu/checkpoint_00000020.safetensors" "$work/c2/" &&
+    ./train_mdn "${common[@]}" --out "$work/g2" --resume && ./train_mdn_cpu "${common[@]}" --out "$work/c2" --resume &&
+    python3 -c '
+import json, sys
+w = sys.argv[1]
+def losses(d): return {r["step"]: r["loss"] for r in map(json.loads, open(w + "/" + d + "/log.jsonl"))}
+cpu, gpu, g2, c2 = (losses(d) for d in ("cpu", "gpu", "g2", "c2"))
+for s in (1, 20, 21, 40):
+    print("step %d: cpu %.5f gpu %.5f | cpu->gpu resumed %s | gpu->cpu resumed %s" % (s, cpu[s], gpu[s], g2.get(s), c2.get(s)))
+ok = abs(g2[40] - cpu[40]) / cpu[40] < 3e-2 and abs(c2[40] - gpu[40]) / gpu[40] < 3e-2 and abs(gpu[40] - cpu[40]) / cpu[40] < 3e-2
+print("cross-trainer checkpoints", "OK" if ok else "FAIL"); sys.exit(0 if ok else 1)
+' "$work"
+} > "$out/cross.log" 2>&1; echo "cross-trainer checkpoints rc=$?" >> "$out/summary.txt"
 timeout 200 dev/bench_train --config configs/momentum_deltanet_400M.json --batch-size 8 --seq-len 4096 --steps 3 --profile \
     > "$out/bench_400M.log" 2>&1; echo "bench 400M rc=$?" >> "$out/summary.txt"
 if [ "${1:-}" != quick ]; then
@@ -39,4 +59,5 @@ fi
 cat "$out/gpu.txt"; cat "$out/summary.txt"
 grep -E "FAIL|OK|worst" "$out"/layers.log "$out"/test_mdn_*.log | head -40
 grep -E "step +(1|50|100|150)/|val loss|error" "$out/train_tiny.log" | head -12
+tail -6 "$out/cross.log"
 cat "$out/bench_400M.log" "$out"/bench_1B.log 2>/dev/null | tail -60

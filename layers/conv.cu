@@ -15,34 +15,32 @@ __device__ __forceinline__ float conv_preact(const T *inp, int in_stride, const 
     return z;
 }
 
+// one block per (row of B·T, tile of 256 channels): no index division, coalesced across channels
 template <typename T>
 __global__ void shortconv_silu_forward_kernel(T *out, const T *inp, int in_stride, const float *weight, int B,
                                               int Tlen, int C, int W) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)B * Tlen * C) return;
-    int c = idx % C;
-    size_t row = idx / C;
-    int t = row % Tlen, b = row / Tlen;
+    int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    int row = blockIdx.x, t = row % Tlen, b = row / Tlen;
     float z = conv_preact(inp, in_stride, weight, b, t, Tlen, c, W);
-    out[idx] = from_float<T>(z * sigmoidf_(z));
+    out[(size_t)row * C + c] = from_float<T>(z * sigmoidf_(z));
 }
 
 template <typename T>
 void shortconv_silu_forward_cuda(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
                                  int W, cudaStream_t stream) {
-    size_t n = (size_t)B * Tlen * C;
-    shortconv_silu_forward_kernel<T><<<ceil_div(n, 256), 256, 0, stream>>>(out, inp, in_stride, weight, B, Tlen, C, W);
+    dim3 grid(B * Tlen, ceil_div(C, 256));
+    shortconv_silu_forward_kernel<T><<<grid, 256, 0, stream>>>(out, inp, in_stride, weight, B, Tlen, C, W);
     cudaCheck(cudaGetLastError());
 }
 
 template <typename T>
 __global__ void shortconv_dz_kernel(float *dz, const T *dout, const T *inp, int in_stride, const float *weight,
                                     int B, int Tlen, int C, int W) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)B * Tlen * C) return;
-    int c = idx % C;
-    size_t row = idx / C;
-    int t = row % Tlen, b = row / Tlen;
+    int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    int row = blockIdx.x, t = row % Tlen, b = row / Tlen;
+    size_t idx = (size_t)row * C + c;
     float z = conv_preact(inp, in_stride, weight, b, t, Tlen, c, W);
     float s = sigmoidf_(z);
     dz[idx] = to_float(dout[idx]) * s * (1.0f + z * (1.0f - s));
@@ -101,7 +99,8 @@ void shortconv_silu_backward_cuda(T *dinp, int dinp_stride, float *dweight, void
     size_t n = (size_t)B * Tlen * C;
     float *dz = (float *)scratch;
     float *partials = (float *)((char *)scratch + align256(n * sizeof(float)));
-    shortconv_dz_kernel<T><<<ceil_div(n, 256), 256, 0, stream>>>(dz, dout, inp, in_stride, weight, B, Tlen, C, W);
+    shortconv_dz_kernel<T><<<dim3(B * Tlen, ceil_div(C, 256)), 256, 0, stream>>>(dz, dout, inp, in_stride, weight, B,
+                                                                                  Tlen, C, W);
     cudaCheck(cudaGetLastError());
     shortconv_dinp_dweight_kernel<T><<<dim3(ceil_div(C, 32), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
         dinp, dinp_stride, partials, dz, inp, in_stride, weight, B * Tlen, Tlen, C, W);

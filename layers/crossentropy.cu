@@ -8,11 +8,11 @@
 #define CE_THREADS 1024
 
 template <typename T>
-__global__ void __launch_bounds__(CE_THREADS) crossentropy_kernel(float *losses, T *logits, float *logits_out,
+__global__ void __launch_bounds__(CE_THREADS) crossentropy_kernel(float *losses, T *logits, int ld, float *logits_out,
                                                                   const int *targets, float dloss, int N) {
     __shared__ float shared[32];
     int row = blockIdx.x;
-    T *x = logits + (size_t)row * N;
+    T *x = logits + (size_t)row * ld;
     int target = targets[row];
     float mx = -INFINITY, sum = 0.0f;
     for (int j = threadIdx.x; j < N; j += blockDim.x) {
@@ -39,9 +39,9 @@ __global__ void __launch_bounds__(CE_THREADS) crossentropy_kernel(float *losses,
 }
 
 template <typename T>
-void crossentropy_forward_backward_cuda(float *losses, T *logits, float *logits_out, const int *targets, float dloss,
-                                        int rows, int N, cudaStream_t stream) {
-    crossentropy_kernel<T><<<rows, CE_THREADS, 0, stream>>>(losses, logits, logits_out, targets, dloss, N);
+void crossentropy_forward_backward_cuda(float *losses, T *logits, int ld, float *logits_out, const int *targets,
+                                        float dloss, int rows, int N, cudaStream_t stream) {
+    crossentropy_kernel<T><<<rows, CE_THREADS, 0, stream>>>(losses, logits, ld, logits_out, targets, dloss, N);
     cudaCheck(cudaGetLastError());
 }
 
@@ -49,21 +49,22 @@ template <typename T>
 void classifier_forward_backward_cuda(float *losses, T *dinp, float *dweight, float *logits_out, const T *inp,
                                       const T *weight, const int *targets, float dloss, int rows, int dim, int N,
                                       T *logits_scratch, int block_rows, cudaStream_t stream) {
+    int ld = classifier_logits_ld(N);
     for (int r0 = 0; r0 < rows; r0 += block_rows) {
         int n = rows - r0 < block_rows ? rows - r0 : block_rows;
-        linear_forward_cuda<T, T>(logits_scratch, inp + (size_t)r0 * dim, weight, n, dim, N, stream);
-        crossentropy_forward_backward_cuda<T>(losses + r0, logits_scratch,
+        linear_forward_strided_cuda<T, T>(logits_scratch, ld, inp + (size_t)r0 * dim, weight, n, dim, N, stream);
+        crossentropy_forward_backward_cuda<T>(losses + r0, logits_scratch, ld,
                                               logits_out != NULL ? logits_out + (size_t)r0 * N : NULL, targets + r0,
                                               dinp != NULL ? dloss : 0.0f, n, N, stream);
         if (dinp != NULL)
-            linear_backward_cuda<T>(dinp + (size_t)r0 * dim, dweight, logits_scratch, inp + (size_t)r0 * dim, weight, n,
-                                    dim, N, 0, stream);
+            linear_backward_strided_cuda<T>(dinp + (size_t)r0 * dim, dweight, logits_scratch, ld, inp + (size_t)r0 * dim,
+                                            weight, n, dim, N, 0, stream);
     }
 }
 
-template void crossentropy_forward_backward_cuda<float>(float *, float *, float *, const int *, float, int, int,
+template void crossentropy_forward_backward_cuda<float>(float *, float *, int, float *, const int *, float, int, int,
                                                         cudaStream_t);
-template void crossentropy_forward_backward_cuda<bf16>(float *, bf16 *, float *, const int *, float, int, int,
+template void crossentropy_forward_backward_cuda<bf16>(float *, bf16 *, int, float *, const int *, float, int, int,
                                                        cudaStream_t);
 template void classifier_forward_backward_cuda<float>(float *, float *, float *, float *, const float *,
                                                       const float *, const int *, float, int, int, int, float *, int,

@@ -102,21 +102,34 @@ static void matmul_lt(void *d, cudaDataType_t dtype, int ldd, const void *a, int
 }
 
 template <typename T, typename Tout>
+void linear_forward_strided_cuda(Tout *out, int out_ld, const T *inp, const T *weight, int rows, int in_dim,
+                                 int out_dim, cudaStream_t stream) {
+    matmul_lt(out, CudaType<Tout>::value, out_ld, weight, in_dim, 1, inp, in_dim, 0, CudaType<T>::value, out_dim, rows,
+              in_dim, 0, stream);
+}
+
+template <typename T>
+void linear_backward_strided_cuda(T *dinp, float *dweight, const T *dout, int dout_ld, const T *inp, const T *weight,
+                                  int rows, int in_dim, int out_dim, int accumulate_dinp, cudaStream_t stream) {
+    if (dinp != NULL)
+        matmul_lt(dinp, CudaType<T>::value, in_dim, weight, in_dim, 0, dout, dout_ld, 0, CudaType<T>::value, in_dim,
+                  rows, out_dim, accumulate_dinp, stream);
+    if (dweight != NULL)
+        matmul_lt(dweight, CUDA_R_32F, in_dim, inp, in_dim, 0, dout, dout_ld, 1, CudaType<T>::value, in_dim, out_dim,
+                  rows, 1, stream);
+}
+
+template <typename T, typename Tout>
 void linear_forward_cuda(Tout *out, const T *inp, const T *weight, int rows, int in_dim, int out_dim,
                          cudaStream_t stream) {
-    matmul_lt(out, CudaType<Tout>::value, out_dim, weight, in_dim, 1, inp, in_dim, 0, CudaType<T>::value,
-              out_dim, rows, in_dim, 0, stream);
+    linear_forward_strided_cuda<T, Tout>(out, out_dim, inp, weight, rows, in_dim, out_dim, stream);
 }
 
 template <typename T>
 void linear_backward_cuda(T *dinp, float *dweight, const T *dout, const T *inp, const T *weight,
                           int rows, int in_dim, int out_dim, int accumulate_dinp, cudaStream_t stream) {
-    if (dinp != NULL)
-        matmul_lt(dinp, CudaType<T>::value, in_dim, weight, in_dim, 0, dout, out_dim, 0, CudaType<T>::value,
-                  in_dim, rows, out_dim, accumulate_dinp, stream);
-    if (dweight != NULL)
-        matmul_lt(dweight, CUDA_R_32F, in_dim, inp, in_dim, 0, dout, out_dim, 1, CudaType<T>::value,
-                  in_dim, out_dim, rows, 1, stream);
+    linear_backward_strided_cuda<T>(dinp, dweight, dout, out_dim, inp, weight, rows, in_dim, out_dim, accumulate_dinp,
+                                    stream);
 }
 
 void linear_cuda_free(void) {
@@ -134,6 +147,14 @@ void linear_cuda_free(void) {
     }
 }
 
+template void linear_forward_strided_cuda<float, float>(float *, int, const float *, const float *, int, int, int,
+                                                        cudaStream_t);
+template void linear_forward_strided_cuda<bf16, bf16>(bf16 *, int, const bf16 *, const bf16 *, int, int, int,
+                                                      cudaStream_t);
+template void linear_backward_strided_cuda<float>(float *, float *, const float *, int, const float *, const float *,
+                                                  int, int, int, int, cudaStream_t);
+template void linear_backward_strided_cuda<bf16>(bf16 *, float *, const bf16 *, int, const bf16 *, const bf16 *, int,
+                                                 int, int, int, cudaStream_t);
 template void linear_forward_cuda<float, float>(float *, const float *, const float *, int, int, int, cudaStream_t);
 template void linear_forward_cuda<bf16, bf16>(bf16 *, const bf16 *, const bf16 *, int, int, int, cudaStream_t);
 template void linear_forward_cuda<bf16, float>(float *, const bf16 *, const bf16 *, int, int, int, cudaStream_t);

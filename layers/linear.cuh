@@ -19,6 +19,16 @@ template <typename T>
 void linear_backward_cuda(T *dinp, float *dweight, const T *dout, const T *inp, const T *weight,
                           int rows, int in_dim, int out_dim, int accumulate_dinp, cudaStream_t stream);
 
+// the same with the rows of out (forward) or dout (backward) `ld` elements apart (ld >= out_dim):
+// the classifier pads the vocabulary's row length to a multiple of 64 so every row starts 128-byte
+// aligned, which cuBLASLt's fast kernels need (50257 bf16 values a row leave rows 2-byte aligned)
+template <typename T, typename Tout>
+void linear_forward_strided_cuda(Tout *out, int out_ld, const T *inp, const T *weight, int rows, int in_dim,
+                                 int out_dim, cudaStream_t stream);
+template <typename T>
+void linear_backward_strided_cuda(T *dinp, float *dweight, const T *dout, int dout_ld, const T *inp, const T *weight,
+                                  int rows, int in_dim, int out_dim, int accumulate_dinp, cudaStream_t stream);
+
 // the cuBLASLt handle, workspace and plan cache are created on first use; this frees them
 void linear_cuda_free(void);
 

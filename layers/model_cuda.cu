@@ -177,17 +177,18 @@ static void carve_acts(GpuModel *m, Carver *c) {
     a->dres_x = carve(c, BT * D * X);
     a->dxn = carve(c, BT * D * X);
     a->dact = carve(c, BT * I * X);
-    a->dgu = carve(c, BT * 2 * I * X);
+    a->dgu = carve(c, BT * max_size(2 * (size_t)I, PQ) * X);   // also dproj, see below
     a->don = carve(c, BT * HV * X);
     a->d_o = carve(c, BT * HV * X);
     a->dq = carve(c, BT * HK * X);
     a->dk = carve(c, BT * HK * X);
     a->dv = carve(c, BT * HV * X);
-    a->dproj = carve(c, BT * PQ * X);
+    // the mixer's projection gradient is needed only after the MLP's gate|up gradient is consumed
+    a->dproj = a->dgu;
     a->dabme = carve(c, BT * 4 * H * X);
     a->dgates = (float *)carve(c, 4 * BT * H * 4);
     a->losses = (float *)carve(c, BT * 4);
-    a->logits = carve(c, (size_t)m->block_rows * N * X);
+    a->logits = carve(c, (size_t)m->block_rows * classifier_logits_ld(N) * X);
     a->tokens = (int *)carve(c, BT * 4);
     a->targets = (int *)carve(c, BT * 4);
     a->norm_partials = (float *)carve(c, (size_t)REDUCE_PARTS * (D > V ? D : V) * 4);
@@ -214,7 +215,7 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     m->max_B = B;
     m->T = T;
     m->stream = stream;
-    m->block_rows = B * T < 4096 ? B * T : 4096;
+    m->block_rows = B * T < 2048 ? B * T : 2048;
     MdnCudaShape shape = {B, T, config->num_heads, config->head_dim, config->value_dim, config->use_p_times_alpha,
                           use_bf16 ? MDN_DTYPE_BF16 : MDN_DTYPE_F32};
     const char *why = mdn_cuda_check_shape(&shape);
