@@ -315,7 +315,7 @@ template <typename T> static void test_classifier(const char *tag, double tol, i
     int *dt;
     cudaCheck(cudaMalloc((void **)&dt, rows * sizeof(int)));
     cudaCheck(cudaMemcpy(dt, targets.data(), rows * sizeof(int), cudaMemcpyHostToDevice));
-    T *dxd = to_dev<T>(x), *dwd = to_dev<T>(w), *ddx = poisoned<T>(dx.size()), *scratch = poisoned<T>((size_t)block_rows * N);
+    T *dxd = to_dev<T>(x), *dwd = to_dev<T>(w), *ddx = poisoned<T>(dx.size()), *scratch = poisoned<T>((size_t)block_rows * classifier_logits_ld(N));
     float *dlosses = poisoned<float>(rows), *ddw = to_dev<float>(dw0), *dlogits = poisoned<float>(logits.size());
     classifier_forward_backward_cuda<T>(dlosses, ddx, ddw, dlogits, dxd, dwd, dt, dloss, rows, dim, N, scratch,
                                         block_rows, 0);
