@@ -1,4 +1,5 @@
-// collectives.c: the single-process and MPI back ends of collectives.h.
+// collectives.c: the single-process and MPI back ends of collectives.h; the NCCL back end's
+// operations (common/collectives_nccl.cu) are called through comm->nccl_ops.
 #include "collectives.h"
 
 #include <limits.h>
@@ -64,6 +65,7 @@ void comm_init(Comm *comm, int *argc, char ***argv) {
 }
 
 void comm_finalize(Comm *comm) {
+    if (comm->backend == COMM_NCCL) comm->nccl_ops->finalize(comm);   // back to single/MPI
 #ifdef MDN_MPI
     if (comm->initialized_mpi) mpi_check(MPI_Finalize(), "MPI_Finalize");
 #endif
@@ -79,6 +81,7 @@ const char *comm_backend_name(const Comm *comm) {
 }
 
 void comm_allreduce_sum(Comm *comm, void *buf, size_t count, CommDtype dtype) {
+    if (comm->backend == COMM_NCCL) { comm->nccl_ops->allreduce_sum(comm, buf, count, dtype); return; }
     if (comm->backend == COMM_SINGLE || comm->world_size == 1) return;
 #ifdef MDN_MPI
     char *p = (char *)buf;
@@ -94,6 +97,7 @@ void comm_allreduce_sum(Comm *comm, void *buf, size_t count, CommDtype dtype) {
 }
 
 void comm_reduce_scatter_sum(Comm *comm, const void *send, void *recv, size_t count, CommDtype dtype) {
+    if (comm->backend == COMM_NCCL) { comm->nccl_ops->reduce_scatter_sum(comm, send, recv, count, dtype); return; }
     size_t esize = dtype_size(dtype);
     if (comm->backend == COMM_SINGLE || comm->world_size == 1) {
         if (send != recv) memmove(recv, send, count * esize);
@@ -123,6 +127,7 @@ void comm_reduce_scatter_sum(Comm *comm, const void *send, void *recv, size_t co
 }
 
 void comm_allgather(Comm *comm, const void *send, void *recv, size_t count, CommDtype dtype) {
+    if (comm->backend == COMM_NCCL) { comm->nccl_ops->allgather(comm, send, recv, count, dtype); return; }
     size_t esize = dtype_size(dtype);
     if (comm->backend == COMM_SINGLE || comm->world_size == 1) {
         if (send != recv) memmove(recv, send, count * esize);
@@ -145,6 +150,7 @@ void comm_allgather(Comm *comm, const void *send, void *recv, size_t count, Comm
 }
 
 void comm_broadcast(Comm *comm, void *buf, size_t bytes, int root) {
+    if (comm->backend == COMM_NCCL) { comm->nccl_ops->broadcast(comm, buf, bytes, root); return; }
     if (comm->backend == COMM_SINGLE || comm->world_size == 1) return;
 #ifdef MDN_MPI
     char *p = (char *)buf;
@@ -159,14 +165,24 @@ void comm_broadcast(Comm *comm, void *buf, size_t bytes, int root) {
 }
 
 void comm_barrier(Comm *comm) {
+    if (comm->backend == COMM_NCCL) {   // a one-value allreduce that every rank must join
+        double zero = 0.0;
+        comm->nccl_ops->allreduce_sum_host(comm, &zero, 1);
+        return;
+    }
     if (comm->backend == COMM_SINGLE || comm->world_size == 1) return;
 #ifdef MDN_MPI
     mpi_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
 #endif
 }
 
+void comm_allreduce_sum_host(Comm *comm, double *values, size_t count) {
+    if (comm->backend == COMM_NCCL) comm->nccl_ops->allreduce_sum_host(comm, values, count);
+    else comm_allreduce_sum(comm, values, count, COMM_F64);
+}
+
 int comm_any(Comm *comm, int flag) {
     double value = flag ? 1.0 : 0.0;
-    comm_allreduce_sum(comm, &value, 1, COMM_F64);
+    comm_allreduce_sum_host(comm, &value, 1);
     return value > 0.0;
 }

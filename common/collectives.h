@@ -3,7 +3,9 @@
 //   single: one process; every collective is a copy or nothing (always compiled in),
 //   MPI:    the CPU trainer's multi-process back end (compiled when MDN_MPI is defined; the Makefile
 //           defines it when mpicc exists), host buffers,
-//   NCCL:   (to come, in the GPU trainer) device buffers, bootstrapped by MPI for the unique id.
+//   NCCL:   the GPU trainer's back end (common/collectives_nccl.cu, in the CUDA library; compiled
+//           when nccl.h is found), device buffers, one process per GPU, bootstrapped by MPI for the
+//           unique id. comm_nccl_init switches a single or MPI Comm over to it.
 // Semantics follow NCCL's so that the NCCL back end is a direct mapping: every rank passes the same
 // counts, reduce-scatter and allgather work on equal-sized per-rank blocks (rank r owns elements
 // [r*count, (r+1)*count) of the full buffer), and the buffers live where the back end computes (host
@@ -20,14 +22,29 @@
 typedef enum { COMM_SINGLE, COMM_MPI, COMM_NCCL } CommBackend;
 typedef enum { COMM_F32, COMM_F64 } CommDtype;
 
+typedef struct Comm Comm;
+
+// The NCCL back end's operations. They live in the CUDA library, so that the CPU programs link
+// without CUDA or NCCL: comm_nccl_init points Comm.nccl_ops at them, and the functions below call
+// through it when backend == COMM_NCCL.
 typedef struct {
+    void (*allreduce_sum)(Comm *comm, void *buf, size_t count, CommDtype dtype);
+    void (*reduce_scatter_sum)(Comm *comm, const void *send, void *recv, size_t count, CommDtype dtype);
+    void (*allgather)(Comm *comm, const void *send, void *recv, size_t count, CommDtype dtype);
+    void (*broadcast)(Comm *comm, void *buf, size_t bytes, int root);
+    void (*allreduce_sum_host)(Comm *comm, double *values, size_t count);
+    void (*finalize)(Comm *comm);
+} CommNcclOps;
+
+struct Comm {
     CommBackend backend;
     int rank, world_size;
     int local_rank;             // rank among the processes on this host (the GPU to use, for NCCL)
     int initialized_mpi;        // 1 if comm_init called MPI_Init (so comm_finalize calls MPI_Finalize)
-    void *nccl_comm;            // ncclComm_t (NCCL back end)
+    const CommNcclOps *nccl_ops;// NCCL back end: its operations
+    void *nccl;                 // NCCL back end: its state (communicator, scratch, timeout)
     void *stream;               // cudaStream_t the NCCL calls are queued on (NCCL back end)
-} Comm;
+};
 
 // MPI when compiled in and launched under mpirun (or any MPI launcher), else single-process.
 void comm_init(Comm *comm, int *argc, char ***argv);
@@ -47,7 +64,22 @@ void comm_allgather(Comm *comm, const void *send, void *recv, size_t count, Comm
 // bytes of buf on `root` are copied to every other rank
 void comm_broadcast(Comm *comm, void *buf, size_t bytes, int root);
 void comm_barrier(Comm *comm);
+// in place: host float64 values summed over ranks, whatever the back end (NCCL stages them through
+// a device buffer): losses, norms, votes
+void comm_allreduce_sum_host(Comm *comm, double *values, size_t count);
 // logical OR of a flag over ranks (so that every rank takes the same branch: stop, skip, fail)
 int comm_any(Comm *comm, int flag);
+
+// The NCCL back end (defined in common/collectives_nccl.cu; programs that call it link
+// build/libmdn_cuda.a and -lnccl). Called after comm_init, before any other CUDA call: selects this
+// rank's GPU (cudaSetDevice(local_rank); a process that sees one GPU uses it), creates the stream
+// the collectives are queued on (comm->stream: the trainer queues its kernels there too, so the
+// reduction follows the backward in order), makes the communicator over all ranks (rank 0's
+// ncclUniqueId is broadcast over MPI; one process needs no MPI) and switches comm to COMM_NCCL.
+// From then on collectives take device buffers and return once they have completed, or, when one
+// has not completed within timeout_s (a rank died or hangs), print "error: rank R: ..." on this
+// rank, abort the communicator and exit(1): no silent hang. timeout_s <= 0 reads
+// MDN_NCCL_TIMEOUT_S from the environment, else 600 s. comm_finalize destroys the communicator.
+void comm_nccl_init(Comm *comm, double timeout_s);
 
 #endif // MDN_COLLECTIVES_H
