@@ -14,6 +14,9 @@
 #   dryrun    --dry-run prints the exact parameter counts of the paper's configs
 set -u
 cd "$(dirname "$0")/.." || exit 1
+# one OpenMP thread per process unless told otherwise: the tiny model gains little from more, and
+# threads that wait at every parallel region's barrier crawl on a busy 2-core machine
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 BIN=./train_mdn_cpu
 MPIRUN="mpirun --allow-run-as-root --oversubscribe"
 work=$(mktemp -d /tmp/mdn_test_train.XXXXXX)
