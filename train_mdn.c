@@ -468,7 +468,7 @@ int main(int argc, char **argv) {
         double step_seconds = wall_seconds() - t0;
 
         // progress line (the first step's time, with its warm-up costs, is kept out of the average)
-        if (step == start_step + 1 || step_ms_ema == 0.0) step_ms_ema = 1000.0 * step_seconds;
+        if (step <= start_step + 2) step_ms_ema = 1000.0 * step_seconds;
         else step_ms_ema = 0.9 * step_ms_ema + 0.1 * 1000.0 * step_seconds;
         double tokens_per_s = (double)tokens_per_step / step_seconds;
         double eta_s = step_ms_ema / 1000.0 * (double)(args.steps - step);
