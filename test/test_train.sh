@@ -3,6 +3,7 @@
 # vocab 256) and byte-level shards of data/tinyshakespeare.txt (token = byte), so each case runs in
 # seconds on 2 cores. Cases:
 #   resume    N steps in one run == k steps, stop, --resume, N-k steps: log.jsonl losses bit-identical
+#             (with --shuffle and --grad-accum 2, so the data RNG and accumulation are covered)
 #   signal    SIGTERM mid-run: exit 0 with a checkpoint; resuming gives the uninterrupted losses bit for bit
 #             (if the run finished before the signal, the test still passes: the machine was too fast)
 #   mpirun    mpirun -np 2 with batch B == one process with batch 2B (losses within 1e-5 relative:
@@ -62,7 +63,7 @@ PY
 
 case "${1:-}" in
 resume)
-    args=("${COMMON[@]}" --batch-size 4 --steps 24 --val-interval 8 --val-batches 4 --checkpoint-interval 8 --keep-latest-k 0)
+    args=("${COMMON[@]}" --batch-size 2 --grad-accum 2 --shuffle --steps 24 --val-interval 8 --val-batches 4 --checkpoint-interval 8 --keep-latest-k 0)
     $BIN "${args[@]}" --out "$work/full" >"$work/full.txt" 2>&1 || { cat "$work/full.txt"; fail "uninterrupted run"; }
     # the state after step 8 as if the run had stopped there
     mkdir -p "$work/part" && cp "$work/full/checkpoint_00000008.safetensors" "$work/full/log.jsonl" "$work/part/"
