@@ -158,7 +158,8 @@ void cli_print_usage(FILE *out, const char *program) {
     for (int i = 0; i < NUM_OPTIONS; i++) {
         const Option *o = &OPTIONS[i];
         char left[64];
-        snprintf(left, sizeof(left), "--%s%s", o->name, o->type == OPT_SWITCH ? "" : " X");
+        const char *placeholder = o->type == OPT_SWITCH ? "" : o->type == OPT_STRING ? " PATH" : o->type == OPT_DOUBLE ? " X" : " N";
+        snprintf(left, sizeof(left), "--%s%s", o->name, placeholder);
         fprintf(out, "  %-26s %s", left, o->help);
         if (o->type != OPT_SWITCH) {
             if (o->default_value == NULL) fprintf(out, " (required)");
