@@ -453,10 +453,10 @@ __global__ void __launch_bounds__(NTHREADS) mdn_prepare_kernel(Dims d, const T *
 // state passes (forward and reverse), one CTA per (b,h,V tile)
 // ------------------------------------------------------------------------------------------------
 // row factors of one chunk, from the prepare vectors
-enum { SC_PA1, SC_PA2, SC_QA1, SC_QA2, SC_KK1, SC_KK2, SC_RK, SC_QS, NSC };
+enum { SC_PA1, SC_PA2, SC_QA1, SC_QA2, SC_KK1, SC_KK2, NSC };
 template <typename T> struct StateSmem {
     float *X;              // [2K][Vt+4] states (forward) or their gradients (reverse), float32
-    T *Kh, *Qh;            // [CH][K+pad] khat, qbar
+    T *Kh, *Qh;            // [CH][K+pad] raw k, q rows (normalisation in the row factors)
     T *Ti, *QG;            // [CH][CH+pad] T^-1, QKG
     T *Vs;                 // [CH][Vt+pad] v (forward) or d_o (reverse) tile
     float *R, *U;          // [CH][Vt+4] R, U (forward) or dU, G (reverse)
@@ -491,21 +491,21 @@ __device__ void load_chunk(const StateSmem<T> &s, const Dims &d, int b, int h, i
         const int i = tid;
         const float aprev = i ? vi[VEC_A * CH + i - 1] : 1.f, bprev = i ? vi[VEC_B * CH + i - 1] : 0.f;
         const float pa = vi[VEC_PA * CH + i], et = vi[VEC_ETA * CH + i];
-        s.sc[SC_PA1 * CH + i] = -aprev * pa;
-        s.sc[SC_PA2 * CH + i] = bprev * pa;
-        s.sc[SC_QA1 * CH + i] = vi[VEC_A * CH + i];
-        s.sc[SC_QA2 * CH + i] = -vi[VEC_B * CH + i];
-        s.sc[SC_KK1 * CH + i] = vi[VEC_G * CH + i] * et;
-        s.sc[SC_KK2 * CH + i] = -vi[VEC_H * CH + i] * et;
-        s.sc[SC_RK * CH + i] = vi[VEC_RK * CH + i];
-        s.sc[SC_QS * CH + i] = vi[VEC_RQ * CH + i] * d.qscale;
+        // Kh, Qh hold the raw rows; the factors carry the normalisation (one rounding, in the product)
+        const float rk = vi[VEC_RK * CH + i], qs = vi[VEC_RQ * CH + i] * d.qscale;
+        s.sc[SC_PA1 * CH + i] = -aprev * pa * rk;
+        s.sc[SC_PA2 * CH + i] = bprev * pa * rk;
+        s.sc[SC_QA1 * CH + i] = vi[VEC_A * CH + i] * qs;
+        s.sc[SC_QA2 * CH + i] = -vi[VEC_B * CH + i] * qs;
+        s.sc[SC_KK1 * CH + i] = vi[VEC_G * CH + i] * et * rk;
+        s.sc[SC_KK2 * CH + i] = -vi[VEC_H * CH + i] * et * rk;
     }
     __syncthreads();
     const int rows_valid = min(CH, d.T - t0);
     const size_t base = (((size_t)b * d.T + t0) * d.H + h);
     const size_t mo = (size_t)bhc * CH * CH;
-    load_rows(s.Kh, ldk, k + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid, s.sc + SC_RK * CH);
-    load_rows(s.Qh, ldk, q + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid, s.sc + SC_QS * CH);
+    load_rows(s.Kh, ldk, k + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid, (const float *)nullptr);
+    load_rows(s.Qh, ldk, q + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid, (const float *)nullptr);
     load_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH, (const float *)nullptr);
     load_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH, (const float *)nullptr);
     if (tile_src)
