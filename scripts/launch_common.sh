@@ -28,7 +28,7 @@ launch() {
     fi
     local mpi=(mpirun -np "$GPUS" --bind-to none -x PATH -x LD_LIBRARY_PATH)
     local var
-    for var in NCCL_SOCKET_IFNAME NCCL_IB_DISABLE NCCL_NET_GDR_LEVEL NCCL_DEBUG NCCL_TIMEOUT_S; do
+    for var in NCCL_SOCKET_IFNAME NCCL_IB_DISABLE NCCL_NET_GDR_LEVEL NCCL_DEBUG MDN_NCCL_TIMEOUT_S; do
         [ -n "${!var:-}" ] && mpi+=(-x "$var")
     done
     [ -n "$HOSTFILE" ] && mpi+=(--hostfile "$HOSTFILE")
