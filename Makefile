@@ -35,7 +35,8 @@ HEADERS := $(wildcard common/*.h common/*.cuh mdn_kernels/*.h mdn_kernels/*.cuh 
 CPU_PROGRAMS := $(if $(wildcard train_mdn.c),train_mdn_cpu) $(if $(wildcard test_mdn.c),test_mdn) \
                 $(if $(wildcard mdn_tokenize.c),mdn_tokenize) $(if $(wildcard dev/mdn_op.c),dev/mdn_op) \
                 dev/bench_mdn_cpu dev/bench_linear_cpu dev/bench_model_cpu
-CUDA_PROGRAMS := $(if $(wildcard train_mdn.cu),train_mdn) \
+# train_mdn needs NCCL (one binary for 1..N GPUs); without nccl.h it is not built
+CUDA_PROGRAMS := $(if $(and $(wildcard train_mdn.cu),$(NCCL_H)),train_mdn) \
                  $(patsubst %.cu,%,$(wildcard dev/*.cu))
 # tests: test/test_X.c links the float build, test/test_X_f64.c the double build, test/test_X.cu CUDA
 TEST_F32 := $(patsubst test/%.c,build/test/%,$(filter-out %_f64.c,$(wildcard test/test_*.c)))
@@ -102,8 +103,9 @@ endif
 dev/bench_%_cpu: dev/bench_%_cpu.c build/libmdn_f32.a $(HEADERS)
 	$(CC) $(CFLAGS) $< build/libmdn_f32.a -o $@ $(LDLIBS)
 
+# the GPU trainer: NCCL for the gradients and parameters, MPI (when found) to start the ranks
 train_mdn: train_mdn.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
-	$(NVCC) $(NVCCFLAGS) $(MPI_CFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS) $(MPI_LDLIBS)
+	$(NVCC) $(NVCCFLAGS) $(MPI_CFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS) $(NCCL_LDLIBS) $(MPI_LDLIBS)
 dev/%: dev/%.cu build/libmdn_cuda.a build/libmdn_f32.a $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) $< build/libmdn_cuda.a build/libmdn_f32.a -o $@ $(CUDA_LDLIBS)
 

@@ -23,6 +23,7 @@
 #include "common/collectives.h"
 #include "common/config.h"
 #include "common/json.h"
+#include "common/sample.h"
 #include "common/schedule.h"
 #include "common/utils.h"
 #include "dataloader/dataloader.h"
@@ -85,15 +86,6 @@ static int make_directories(const char *dir, char *err, size_t errlen) {
     free(path);
     return ok ? 0 : -1;
 }
-
-// xorshift64*: the sampler's RNG (its state is saved in checkpoints)
-static uint64_t rng_next(uint64_t *state) {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    return *state * 0x2545F4914F6CDD1DULL;
-}
-static double rng_uniform(uint64_t *state) { return (double)(rng_next(state) >> 11) * (1.0 / 9007199254740992.0); }
 
 // the steps listed in MDN_INJECT_NAN_AT ("3,4,9"); is `step` one of them?
 static int nan_injected_at(int64_t step) {
@@ -208,7 +200,7 @@ static void zero1_gather_moments(Zero1 *z, Comm *comm, real *full_m, real *full_
 }
 
 // ----------------------------------------------------------------------------
-// validation and samples
+// validation
 
 // mean loss over --val-batches micro-batches of every rank, from the start of the validation data
 static double validate(Model *model, DataLoader *val, int val_batches, int32_t *inputs, int32_t *targets, Comm *comm) {
@@ -221,36 +213,6 @@ static double validate(Model *model, DataLoader *val, int val_batches, int32_t *
     }
     comm_allreduce_sum(comm, &sum, 1, COMM_F64);
     return sum / ((double)val_batches * comm->world_size);
-}
-
-// sample `num_tokens` tokens after an end-of-text with the recurrent form (model_step), print them
-static void print_sample(Model *model, const Tokenizer *tokenizer, int num_tokens, uint64_t *rng) {
-    int vocab = model->config.vocab_size;
-    real *logits = (real *)xmalloc((size_t)vocab * sizeof(real));
-    double *probs = (double *)xmalloc((size_t)vocab * sizeof(double));
-    model_reset_state(model);
-    int token = GPT2_EOT < vocab ? GPT2_EOT : vocab - 1;
-    printf("sample: ");
-    for (int i = 0; i < num_tokens; i++) {
-        model_step(model, &token, 1, logits);
-        double max = logits[0], total = 0.0;
-        for (int v = 1; v < vocab; v++) if (logits[v] > max) max = logits[v];
-        for (int v = 0; v < vocab; v++) { probs[v] = exp((double)logits[v] - max); total += probs[v]; }
-        double u = rng_uniform(rng) * total, cumulative = 0.0;
-        token = vocab - 1;
-        for (int v = 0; v < vocab; v++) {
-            cumulative += probs[v];
-            if (u < cumulative) { token = v; break; }
-        }
-        size_t len = 0;
-        const char *bytes = tokenizer != NULL && token < tokenizer->vocab_size ? tokenizer_decode(tokenizer, token, &len) : NULL;
-        if (bytes != NULL) fwrite(bytes, 1, len, stdout);
-        else printf("[%d]", token);
-    }
-    printf("\n---\n");
-    model_reset_state(model);
-    free(logits);
-    free(probs);
 }
 
 // ----------------------------------------------------------------------------
@@ -341,7 +303,7 @@ int main(int argc, char **argv) {
     zero1_init(&zero, N, &comm);
     char *config_json = config_to_json(&config);
     char *flags_json = cli_to_json(&args);
-    uint64_t sample_rng = (uint64_t)args.seed * 0x9E3779B97F4A7C15ULL + 1;
+    uint64_t sample_rng = sample_rng_init(args.seed);
     if (rank0) {
         size_t decayed = 0;
         for (int i = 0; i < model->num_tensors; i++) decayed += opt.segments.decay[i] ? model->tensors[i].numel : 0;
@@ -506,7 +468,7 @@ int main(int argc, char **argv) {
         }
         if (rank0 && !isnan(val_loss)) printf("step %6lld | val loss %.6f\n", (long long)step, val_loss);
         if (rank0 && args.sample_interval > 0 && step % args.sample_interval == 0)
-            print_sample(model, tokenizer, args.sample_tokens, &sample_rng);
+            sample_print(model, tokenizer, args.sample_tokens, &sample_rng, stdout);
 
         // checkpoint at the interval, at the end, and when a signal asks us to stop
         int stopping = comm_any(&comm, stop_signal != 0);

@@ -60,6 +60,8 @@ static const Option OPTIONS[] = {
     {"reset-state-at-eot", OPT_SWITCH, FIELD(reset_state_at_eot), NULL, 0, 1, 0,
      "reset the recurrent state at end-of-text tokens (not implemented yet)"},
     {"dry-run", OPT_SWITCH, FIELD(dry_run), NULL, 0, 1, 0, "print the model summary (params: N) and exit"},
+    {"dtype", OPT_STRING, FIELD(dtype), "bf16", 0, 0, 0,
+     "train_mdn's activations and matmuls: bf16 or f32 (train_mdn_cpu is float32 and ignores it)"},
 };
 #define NUM_OPTIONS ((int)(sizeof(OPTIONS) / sizeof(OPTIONS[0])))
 
@@ -147,6 +149,8 @@ int cli_parse(TrainArgs *args, int argc, char **argv, char *err, size_t errlen) 
     if (args->config == NULL) return set_error(err, errlen, "--config: missing (required: the model config JSON)");
     if (args->config[0] == '\0') return set_error(err, errlen, "--config: empty path");
     if (args->resume && args->out[0] == '\0') return set_error(err, errlen, "--resume: needs --out DIR (where the checkpoints are)");
+    if (strcmp(args->dtype, "bf16") != 0 && strcmp(args->dtype, "f32") != 0)
+        return set_error(err, errlen, "--dtype: expected bf16 or f32, got '%s'", args->dtype);
     if (args->reset_state_at_eot)
         return set_error(err, errlen, "--reset-state-at-eot: not implemented (the model starts every row from zero state "
                                       "and does not reset inside a row)");

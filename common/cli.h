@@ -41,6 +41,9 @@ typedef struct {
     const char *export_hf;           // --export-hf: write an HF directory at the end ("" : no)
     int reset_state_at_eot;          // --reset-state-at-eot (not implemented: rejected)
     int dry_run;                     // --dry-run: print the model summary and exit
+    const char *dtype;               // --dtype: train_mdn's activation precision, "bf16" or "f32" (float32
+                                     // everywhere: the multi-GPU equality tests); train_mdn_cpu computes in
+                                     // float32 whatever it says (accepted so that both take the same flags)
 } TrainArgs;
 
 // Parse argv into args (defaults first). Returns 0 on success, 1 if --help was given (usage already

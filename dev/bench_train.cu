@@ -72,7 +72,7 @@ int main(int argc, char **argv) {
     size_t free0, total;
     cudaCheck(cudaMemGetInfo(&free0, &total));
     GpuModel *m = gpu_model_build(&config, B, T, 1, stream);
-    gpu_model_alloc_optimizer(m, 0);
+    gpu_model_alloc_optimizer(m, 0, 0, 1);
     float *params = random_params(&config);
     gpu_model_set_params(m, params);
     free(params);
@@ -95,7 +95,7 @@ int main(int argc, char **argv) {
         cudaCheck(cudaEventRecord(t0, stream));
         gpu_model_zero_grad(m);
         loss = gpu_model_forward_backward(m, inputs, targets, B, 1.0f);
-        double norm = gpu_model_grad_norm(m);
+        double norm = sqrt(gpu_model_grad_sum_squares(m));
         gpu_model_adamw(m, 1e-4f, 0.9f, 0.95f, 1e-15f, 0.1f, (float)(norm > 1.0 ? 1.0 / norm : 1.0), s + 1);
         cudaCheck(cudaEventRecord(t1, stream));
         cudaCheck(cudaEventSynchronize(t1));

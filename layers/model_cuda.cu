@@ -203,6 +203,29 @@ static void carve_acts(GpuModel *m, Carver *c) {
     a->sumsq_partials = (double *)carve(c, REDUCE_PARTS * sizeof(double));
 }
 
+// params, params_x and grads for shard·world_size values, zeroed (the padding stays zero: no kernel
+// writes past num_params, the allgather copies zeros)
+static void alloc_flat_vectors(GpuModel *m) {
+    size_t n = m->shard * (size_t)m->world_size;
+    cudaCheck(cudaMalloc((void **)&m->params, n * sizeof(float)));
+    cudaCheck(cudaMalloc((void **)&m->grads, n * sizeof(float)));
+    cudaCheck(cudaMemsetAsync(m->params, 0, n * sizeof(float), m->stream));
+    cudaCheck(cudaMemsetAsync(m->grads, 0, n * sizeof(float), m->stream));
+    if (m->use_bf16) {
+        cudaCheck(cudaMalloc(&m->params_x, n * sizeof(bf16)));
+        cudaCheck(cudaMemsetAsync(m->params_x, 0, n * sizeof(bf16), m->stream));
+    } else {
+        m->params_x = m->params;
+    }
+}
+
+static void free_flat_vectors(GpuModel *m) {
+    cudaCheck(cudaStreamSynchronize(m->stream));
+    cudaCheck(cudaFree(m->params));
+    cudaCheck(cudaFree(m->grads));
+    if (m->use_bf16) cudaCheck(cudaFree(m->params_x));
+}
+
 GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, cudaStream_t stream) {
     if (!config->use_short_conv || !config->use_gate || !config->use_output_correction ||
         config->tie_word_embeddings)
@@ -221,13 +244,10 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     const char *why = mdn_cuda_check_shape(&shape);
     if (why != NULL) die("model_cuda: the MDN op does not support this shape: %s", why);
     build_layout(m);
-    cudaCheck(cudaMalloc((void **)&m->params, m->num_params * sizeof(float)));
-    cudaCheck(cudaMalloc((void **)&m->grads, m->num_params * sizeof(float)));
-    cudaCheck(cudaMemsetAsync(m->grads, 0, m->num_params * sizeof(float), stream));
-    if (use_bf16)
-        cudaCheck(cudaMalloc(&m->params_x, m->num_params * sizeof(bf16)));
-    else
-        m->params_x = m->params;
+    m->rank = 0;
+    m->world_size = 1;
+    m->shard = m->shard_end = m->num_params;
+    alloc_flat_vectors(m);
     int L = config->num_hidden_layers;
     GpuActs *a = (GpuActs *)xcalloc(1, sizeof(GpuActs));
     m->acts = a;
@@ -252,11 +272,24 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     return m;
 }
 
-void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set) {
-    cudaCheck(cudaMalloc((void **)&m->adam_m, m->num_params * sizeof(float)));
-    cudaCheck(cudaMalloc((void **)&m->adam_v, m->num_params * sizeof(float)));
-    cudaCheck(cudaMemsetAsync(m->adam_m, 0, m->num_params * sizeof(float), m->stream));
-    cudaCheck(cudaMemsetAsync(m->adam_v, 0, m->num_params * sizeof(float), m->stream));
+void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set, int rank, int world_size) {
+    if (m->adam_m != NULL) die("model_cuda: gpu_model_alloc_optimizer called twice");
+    if (world_size < 1 || rank < 0 || rank >= world_size) die("model_cuda: rank %d of %d", rank, world_size);
+    if (world_size > 1) {
+        // the parameters are not set yet (see model_cuda.cuh): nothing to keep
+        free_flat_vectors(m);
+        m->rank = rank;
+        m->world_size = world_size;
+        m->shard = (m->num_params + (size_t)world_size - 1) / (size_t)world_size;
+        alloc_flat_vectors(m);
+    }
+    size_t begin = (size_t)rank * m->shard;
+    m->shard_begin = begin < m->num_params ? begin : m->num_params;
+    m->shard_end = begin + m->shard < m->num_params ? begin + m->shard : m->num_params;
+    cudaCheck(cudaMalloc((void **)&m->adam_m, m->shard * sizeof(float)));
+    cudaCheck(cudaMalloc((void **)&m->adam_v, m->shard * sizeof(float)));
+    cudaCheck(cudaMemsetAsync(m->adam_m, 0, m->shard * sizeof(float), m->stream));
+    cudaCheck(cudaMemsetAsync(m->adam_v, 0, m->shard * sizeof(float), m->stream));
     if (!no_decay_set) return;
     size_t *ends = (size_t *)xmalloc((size_t)m->num_tensors * sizeof(size_t));
     unsigned char *decay = (unsigned char *)xmalloc((size_t)m->num_tensors);
@@ -274,10 +307,7 @@ void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set) {
 }
 
 void gpu_model_free(GpuModel *m) {
-    cudaCheck(cudaStreamSynchronize(m->stream));
-    cudaCheck(cudaFree(m->params));
-    cudaCheck(cudaFree(m->grads));
-    if (m->use_bf16) cudaCheck(cudaFree(m->params_x));
+    free_flat_vectors(m);
     if (m->adam_m != NULL) cudaCheck(cudaFree(m->adam_m));
     if (m->adam_v != NULL) cudaCheck(cudaFree(m->adam_v));
     if (m->seg_end != NULL) cudaCheck(cudaFree(m->seg_end));
@@ -305,36 +335,46 @@ static float *gpu_vector(const GpuModel *m, int which) {
     }
 }
 
-static void set_vector(GpuModel *m, float *dst, const float *cpu) {
+// the copies below are synchronous, on the legacy default stream, which waits for m->stream (a
+// blocking stream) and is waited for by it
+void gpu_model_upload(const GpuModel *m, float *device_dst, const float *cpu_src) {
     float *staged = (float *)xmalloc(m->num_params * sizeof(float));
     for (int i = 0; i < m->num_tensors; i++)
-        memcpy(staged + m->tensors[i].offset, cpu + m->tensors[i].cpu_offset, m->tensors[i].numel * sizeof(float));
-    cudaCheck(cudaMemcpy(dst, staged, m->num_params * sizeof(float), cudaMemcpyHostToDevice));
+        memcpy(staged + m->tensors[i].offset, cpu_src + m->tensors[i].cpu_offset, m->tensors[i].numel * sizeof(float));
+    cudaCheck(cudaMemcpy(device_dst, staged, m->num_params * sizeof(float), cudaMemcpyHostToDevice));
     free(staged);
+}
+
+void gpu_model_download(const GpuModel *m, const float *device_src, float *cpu_dst) {
+    float *staged = (float *)xmalloc(m->num_params * sizeof(float));
+    cudaCheck(cudaMemcpy(staged, device_src, m->num_params * sizeof(float), cudaMemcpyDeviceToHost));
+    for (int i = 0; i < m->num_tensors; i++)
+        memcpy(cpu_dst + m->tensors[i].cpu_offset, staged + m->tensors[i].offset, m->tensors[i].numel * sizeof(float));
+    free(staged);
+}
+
+void gpu_model_refresh_copy(GpuModel *m) {
+    if (m->use_bf16) convert_params_cuda<bf16>((bf16 *)m->params_x, m->params, m->num_params, m->stream);
 }
 
 void gpu_model_set_params(GpuModel *m, const float *cpu_params) {
-    set_vector(m, m->params, cpu_params);
-    if (m->use_bf16) convert_params_cuda<bf16>((bf16 *)m->params_x, m->params, m->num_params, m->stream);
+    gpu_model_upload(m, m->params, cpu_params);
+    gpu_model_refresh_copy(m);
     cudaCheck(cudaStreamSynchronize(m->stream));
-}
-
-void gpu_model_set_optimizer(GpuModel *m, const float *cpu_m, const float *cpu_v) {
-    set_vector(m, m->adam_m, cpu_m);
-    set_vector(m, m->adam_v, cpu_v);
 }
 
 void gpu_model_get_vector(const GpuModel *m, int which, float *cpu_out) {
-    float *staged = (float *)xmalloc(m->num_params * sizeof(float));
-    cudaCheck(cudaStreamSynchronize(m->stream));
-    cudaCheck(cudaMemcpy(staged, gpu_vector(m, which), m->num_params * sizeof(float), cudaMemcpyDeviceToHost));
-    for (int i = 0; i < m->num_tensors; i++)
-        memcpy(cpu_out + m->tensors[i].cpu_offset, staged + m->tensors[i].offset, m->tensors[i].numel * sizeof(float));
-    free(staged);
+    if (which >= 2 && m->world_size > 1) die("model_cuda: gpu_model_get_vector of a moment sharded over %d ranks", m->world_size);
+    gpu_model_download(m, gpu_vector(m, which), cpu_out);
+}
+
+void gpu_model_set_moment_slice(GpuModel *m, int which, const float *device_full) {
+    cudaCheck(cudaMemcpyAsync(which == 2 ? m->adam_m : m->adam_v, device_full + m->shard_begin,
+                              (m->shard_end - m->shard_begin) * sizeof(float), cudaMemcpyDeviceToDevice, m->stream));
 }
 
 void gpu_model_zero_grad(GpuModel *m) {
-    cudaCheck(cudaMemsetAsync(m->grads, 0, m->num_params * sizeof(float), m->stream));
+    cudaCheck(cudaMemsetAsync(m->grads, 0, m->shard * (size_t)m->world_size * sizeof(float), m->stream));
 }
 
 void gpu_model_profile_start(GpuModel *m) {
@@ -523,7 +563,6 @@ static void backward_blocks(GpuModel *m, int B) {
     }
     embedding_backward_cuda(m->grads + embeddings_offset(m), a->dresid, a->tokens, BT, D, c->vocab_size, a->scratch, s);
     gpu_model_profile_mark(m, "embedding backward");
-        gpu_model_profile_mark(m, "rmsnorm backward");
 }
 
 template <typename X>
@@ -577,28 +616,29 @@ float gpu_model_forward_backward(GpuModel *m, const int *inputs, const int *targ
     return num_targets > 0 ? (float)(sum / num_targets) : 0.0f;
 }
 
-double gpu_model_grad_norm(GpuModel *m) {
+double gpu_model_grad_sum_squares(GpuModel *m) {
     double partials[REDUCE_PARTS];
-    adamw_sum_squares_cuda(m->acts->sumsq_partials, m->grads, m->num_params, m->stream);
+    adamw_sum_squares_cuda(m->acts->sumsq_partials, m->grads + m->shard_begin, m->shard_end - m->shard_begin, m->stream);
     gpu_model_profile_mark(m, "gradient norm");
     cudaCheck(cudaMemcpyAsync(partials, m->acts->sumsq_partials, sizeof(partials), cudaMemcpyDeviceToHost, m->stream));
     cudaCheck(cudaStreamSynchronize(m->stream));
     double sum = 0.0;
     for (int i = 0; i < REDUCE_PARTS; i++) sum += partials[i];
-    return sqrt(sum);
+    return sum;
 }
 
 void gpu_model_adamw(GpuModel *m, float lr, float beta1, float beta2, float eps, float weight_decay,
                      float grad_scale, int64_t t) {
     if (m->adam_m == NULL) die("model_cuda: gpu_model_adamw before gpu_model_alloc_optimizer");
-    if (m->use_bf16)
-        adamw_update_cuda<bf16>(m->params, (bf16 *)m->params_x, m->grads, m->adam_m, m->adam_v, 0, m->num_params, lr,
-                                beta1, beta2, eps, weight_decay, grad_scale, t, m->seg_end, m->seg_decay,
-                                m->num_segments, m->stream);
+    // with several ranks the bf16 copy is refreshed whole after the allgather of the masters
+    if (m->use_bf16 && m->world_size == 1)
+        adamw_update_cuda<bf16>(m->params, (bf16 *)m->params_x, m->grads, m->adam_m, m->adam_v, m->shard_begin,
+                                m->shard_end, lr, beta1, beta2, eps, weight_decay, grad_scale, t, m->seg_end,
+                                m->seg_decay, m->num_segments, m->stream);
     else
-        adamw_update_cuda<float>(m->params, NULL, m->grads, m->adam_m, m->adam_v, 0, m->num_params, lr, beta1, beta2,
-                                 eps, weight_decay, grad_scale, t, m->seg_end, m->seg_decay, m->num_segments,
-                                 m->stream);
+        adamw_update_cuda<float>(m->params, NULL, m->grads, m->adam_m, m->adam_v, m->shard_begin, m->shard_end, lr,
+                                 beta1, beta2, eps, weight_decay, grad_scale, t, m->seg_end, m->seg_decay,
+                                 m->num_segments, m->stream);
     gpu_model_profile_mark(m, "AdamW");
 }
 

@@ -6,7 +6,11 @@
 // gates, the residual stream and its gradient, and the MDN states are float32 in both.
 //
 // Memory: parameters (float32 masters), their bf16 copy (what the matmuls read; absent in float32
-// mode), gradients (float32), AdamW's m and v, and the activations are one allocation each. The
+// mode), gradients (float32), AdamW's m and v, and the activations are one allocation each.
+// Data parallel (ZeRO-1, train_mdn.cu): the flat vectors are padded with zeros to shard·world_size
+// elements (shard = ceil(num_params / world_size)), so that rank r owns [r·shard, (r+1)·shard) and
+// the reduce-scatter of the gradients and the allgather of the masters work in place on equal
+// blocks; m and v hold only the rank's slice. With one rank everything is as without ZeRO. The
 // GPU layout of the parameters is fla's tensors in another order, chosen so that the projections
 // that read the same input are one matmul: per layer q|k|v|g_proj, a|b|m|e_proj and gate|up_proj
 // are adjacent. gpu_model_set_params / gpu_model_get_vector convert from / to the CPU model's flat
@@ -45,10 +49,14 @@ typedef struct {
     int num_tensors;
     GpuParamTensor *tensors;
     size_t num_params;
+    // ZeRO-1 (set by gpu_model_alloc_optimizer): this rank's slice [shard_begin, shard_end) of the
+    // flat vectors, shard elements per rank; params, params_x and grads hold shard·world_size values
+    int rank, world_size;
+    size_t shard, shard_begin, shard_end;
     float *params;              // float32 masters, GPU layout
     void *params_x;             // the activation-type copy the kernels read (== params in float32 mode)
     float *grads;
-    float *adam_m, *adam_v;     // allocated by gpu_model_alloc_optimizer
+    float *adam_m, *adam_v;     // [shard]: allocated by gpu_model_alloc_optimizer
     size_t *seg_end;            // AdamW decay segments in the GPU layout (device), see adamw.cuh
     unsigned char *seg_decay;
     int num_segments;
@@ -69,14 +77,23 @@ typedef struct {
 // (the GPU model needs the paper's switches: short conv, gate, output correction, untied head).
 GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, cudaStream_t stream);
 void gpu_model_free(GpuModel *m);
-// m and v (zeroed) and the decay segments (no_decay_set: the layer's six gate tensors not decayed)
-void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set);
+// The optimizer of rank `rank` of world_size (1: the whole vector): m and v for its slice (zeroed),
+// the decay segments (no_decay_set: the layer's six gate tensors not decayed). With world_size > 1
+// it re-allocates params, params_x and grads padded (see above): call it before setting parameters.
+void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set, int rank, int world_size);
 
 // flat vectors in the CPU model's layout (host, float32, num_params values) <-> the GPU
-void gpu_model_set_params(GpuModel *m, const float *cpu_params);
-void gpu_model_set_optimizer(GpuModel *m, const float *cpu_m, const float *cpu_v);
-// which: 0 params, 1 grads, 2 adam_m, 3 adam_v
+void gpu_model_set_params(GpuModel *m, const float *cpu_params);   // also refreshes params_x
+// into / from any device vector of num_params values in the GPU layout (params, grads, or a
+// gathered moment vector)
+void gpu_model_upload(const GpuModel *m, float *device_dst, const float *cpu_src);
+void gpu_model_download(const GpuModel *m, const float *device_src, float *cpu_dst);
+// which: 0 params, 1 grads (2 adam_m, 3 adam_v: only with one rank, where they are whole)
 void gpu_model_get_vector(const GpuModel *m, int which, float *cpu_out);
+// this rank's slice of a whole device vector (GPU layout) into m (which 2) or v (which 3)
+void gpu_model_set_moment_slice(GpuModel *m, int which, const float *device_full);
+// params_x = the activation-type copy of the whole of params (after the allgather of the masters)
+void gpu_model_refresh_copy(GpuModel *m);
 
 void gpu_model_zero_grad(GpuModel *m);
 // profiling: start a new step's marks (records the first event), and mark the end of a stage
@@ -87,9 +104,12 @@ void gpu_model_profile_mark(GpuModel *m, const char *label);
 // target (0 if none). Synchronises the stream (the loss is read back).
 float gpu_model_forward_backward(GpuModel *m, const int *inputs, const int *targets, int B, float loss_scale);
 
-// global L2 norm of the gradients (float64 sum, deterministic)
-double gpu_model_grad_norm(GpuModel *m);
-// AdamW over all parameters (adamw.cuh) with torch's clip factor for grad_norm; t = update number (1-based)
+// sum of the squared gradients of this rank's slice (float64, deterministic); with one rank, the
+// squared global norm; with several, after the reduce-scatter, the slice's share of it
+double gpu_model_grad_sum_squares(GpuModel *m);
+// AdamW over this rank's slice (adamw.cuh) with torch's clip factor for grad_norm; t = update number
+// (1-based). With one rank it also writes params_x; with several, gather the masters and call
+// gpu_model_refresh_copy.
 void gpu_model_adamw(GpuModel *m, float lr, float beta1, float beta2, float eps, float weight_decay,
                      float grad_scale, int64_t t);
 

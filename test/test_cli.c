@@ -56,6 +56,9 @@ int main(void) {
     expect_error("--config", "c", "--dry-run=1", NULL, "--dry-run: takes no value");
     expect_error("--config", "c", "stray", NULL, "stray: unexpected argument");
     expect_error("--config", "c", "--reset-state-at-eot", NULL, "--reset-state-at-eot: not implemented");
+    expect_error("--config", "c", "--dtype", "fp16", "--dtype: expected bf16 or f32");
+    EXPECT(parse(&args, err, sizeof(err), "--config", "c", NULL, NULL) == 0 && strcmp(args.dtype, "bf16") == 0, "--dtype default");
+    EXPECT(parse(&args, err, sizeof(err), "--config", "c", "--dtype", "f32") == 0 && strcmp(args.dtype, "f32") == 0, "--dtype f32");
 
     // the JSON saved in checkpoints parses and holds the values
     EXPECT(parse(&args, err, sizeof(err), "--config", "dir/\"q\".json", "--lr", "0.001") == 0, "%s", err);

@@ -10,12 +10,13 @@
 #           proxy of the same regrouping (accum) measured 3.4e-5 on an H100
 #   ranks   a checkpoint written by 2 GPUs resumed on 1, and one written by 1 resumed on 2, continue
 #           the 1-GPU run (float32, 1e-5 relative)
-# accum needs one GPU; f32, bf16 and ranks need two, and train_mdn's multi-GPU path (mpirun, NCCL
-# ZeRO-1, --dtype): until that is wired into train_mdn.cu they are not in test/tests.txt.
+#   np1     (1 GPU) under `mpirun -np 1` (MPI-bootstrapped NCCL, one rank) == started directly: the
+#           same losses bit for bit
+# accum and np1 need one GPU; f32, bf16 and ranks need two.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BIN=./train_mdn
-MPIRUN="mpirun --allow-run-as-root -np 2"
+MPIRUN="mpirun --allow-run-as-root"
 BF16_TOL=${BF16_TOL:-1e-3}
 work=$(mktemp -d /tmp/mdn_test_multigpu.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -42,13 +43,14 @@ max_rel_diff() {
     paste -d' ' <(losses "$1") <(losses "$2") |
         awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1); if (r > m) m = r; n++} END {printf "%.3g %d\n", m, n}'
 }
-# run NAME PROCESSES FLAGS...: the run's output in $work/NAME.txt, its log in $work/NAME/
+# run NAME PROCESSES FLAGS...: the run's output in $work/NAME.txt, its log in $work/NAME/;
+# PROCESSES 1 starts train_mdn directly, N (or mpi1) under mpirun -np N (-np 1)
 run() {
     local name=$1 procs=$2; shift 2
-    if [ "$procs" -eq 1 ]; then
+    if [ "$procs" = 1 ]; then
         $BIN "${COMMON[@]}" --out "$work/$name" "$@" >"$work/$name.txt" 2>&1
     else
-        $MPIRUN $BIN "${COMMON[@]}" --out "$work/$name" "$@" >"$work/$name.txt" 2>&1
+        $MPIRUN -np "${procs#mpi}" $BIN "${COMMON[@]}" --out "$work/$name" "$@" >"$work/$name.txt" 2>&1
     fi || { tail -n 30 "$work/$name.txt"; fail "run $name ($procs process(es))"; }
 }
 check() {   # check A B TOLERANCE WHAT
@@ -85,6 +87,12 @@ ranks)
     grep -q "resumed from .*checkpoint_00000010" "$work/b.txt" || fail "1 -> 2: did not resume at step 10"
     check ref b 1e-5 "1 GPU -> checkpoint at step 10 -> 2 GPUs"
     ;;
+np1)
+    run direct 1 --batch-size 4 --grad-accum 2
+    run mpi mpi1 --batch-size 4 --grad-accum 2
+    grep -q "ranks: 1 (NCCL)" "$work/mpi.txt" || fail "the mpirun -np 1 run did not report 1 NCCL rank"
+    check direct mpi 0 "mpirun -np 1 vs a direct start (bf16)"
+    ;;
 *)
-    echo "usage: $0 accum|f32|bf16|ranks"; exit 2 ;;
+    echo "usage: $0 accum|f32|bf16|ranks|np1"; exit 2 ;;
 esac
