@@ -409,8 +409,10 @@ int main(int argc, char **argv) {
             fflush(log);
         }
         if (sample_model != NULL && (step + 1) % args.sample_interval == 0) {
+            double started = wall_seconds();
             gpu_model_get_vector(gm, 0, sample_model->params);
             sample_print(sample_model, tokenizer, args.sample_tokens, &counters.sample_rng, stdout);
+            printf("(sampled on the CPU in %.1f s)\n", wall_seconds() - started);
             fflush(stdout);
         }
         int stopping = comm_any(&comm, stop_signal != 0);
