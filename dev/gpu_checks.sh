@@ -83,8 +83,8 @@ if [ "$mode" = trainer ]; then
         --checkpoint-interval 0 > "$out/train_400M.log" 2>&1; echo "train_mdn 400M rc=$?" >> "$out/summary.txt"
     cat "$out/gpu.txt" "$out/summary.txt"
     grep -E "FAIL|OK|worst" "$out"/test_mdn_*.log | head -20
-    grep -E "step +(1|50|100|150)/|val loss|error|sample" "$out/train_tiny.log" | head -16
-    tail -4 "$out/nccl_np1.log" "$out/multigpu_np1.log"
+    grep -aE "step +(1|50|100|150)/|val loss|error|sample" "$out/train_tiny.log" | head -16
+    tail -n 4 "$out/nccl_np1.log" "$out/multigpu_np1.log"
     tail -7 "$out/cross.log"
     grep -E "step|sample|memory|error" "$out/train_400M.log" | tail -12
     exit 0
