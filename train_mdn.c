@@ -4,6 +4,8 @@
 //   flags + config -> model -> data -> for each step: micro-steps (forward, backward of loss/accum)
 //   -> gradient reduce-scatter over ranks -> global norm, clip -> AdamW on this rank's slice (ZeRO-1)
 //   -> allgather of the parameters -> log, validate, sample, checkpoint.
+// Precision: float32 throughout (the build's `real`); --dtype is the GPU trainer's flag, accepted
+// here so that both take the same command lines, and ignored.
 // Multi-process: `mpirun -np P ./train_mdn_cpu ...` (MPI back end of common/collectives.h). Rank r
 // reads every P-th row window, so P ranks with batch B see the data of one process with batch P*B.
 //
