@@ -177,6 +177,18 @@ nodecay)
     $BIN "${args[@]}" --no-decay-set | grep -q "^params: 77272 .*weight decay on 77056 of them" || fail "--no-decay-set: expected 77056 decayed"
     echo "OK: weight decay on all 77272 parameters by default, on 77056 with --no-decay-set"
     ;;
+sample)
+    # text samples (common/sample.c, the same sampler as train_mdn's) every 4 steps; a run resumed at
+    # step 4 prints the same sample at step 8 (the sampler's RNG is in the checkpoint)
+    args=("${COMMON[@]}" --sample-interval 4 --sample-tokens 24 --batch-size 2 --steps 8 --val-interval 0 --checkpoint-interval 4 --keep-latest-k 0)
+    $BIN "${args[@]}" --out "$work/full" >"$work/full.txt" 2>&1 || { cat "$work/full.txt"; fail "uninterrupted run"; }
+    [ "$(grep -ac '^sample: ' "$work/full.txt")" = 2 ] || { cat "$work/full.txt"; fail "expected 2 samples in 8 steps"; }
+    mkdir -p "$work/part" && cp "$work/full/checkpoint_00000004.safetensors" "$work/part/"
+    $BIN "${args[@]}" --out "$work/part" --resume >"$work/part.txt" 2>&1 || { cat "$work/part.txt"; fail "resumed run"; }
+    diff <(grep -a '^sample: ' "$work/full.txt" | tail -n 1) <(grep -a '^sample: ' "$work/part.txt") ||
+        fail "the sample after the resume differs"
+    echo "OK: a sample every 4 steps; the resumed run's sample at step 8 is the same"
+    ;;
 dryrun)
     out=$($BIN --config configs/momentum_deltanet_400M.json --dry-run) || fail "dry run 400M"
     echo "$out" | grep -qx "params: 417537012" || { echo "$out" | tail; fail "400M: wrong or missing 'params: N' line"; }
@@ -185,5 +197,5 @@ dryrun)
     echo "OK: --dry-run params 417537012 (400M), 1462646004 (1B)"
     ;;
 *)
-    echo "usage: $0 resume|signal|mpirun|ranks|learn|dryrun"; exit 2 ;;
+    echo "usage: $0 resume|signal|mpirun|ranks|learn|export|nodecay|sample|dryrun"; exit 2 ;;
 esac
