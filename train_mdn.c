@@ -52,43 +52,6 @@ static void install_signal_handlers(void) {
 // ----------------------------------------------------------------------------
 // small helpers
 
-// Every rank calls this with its own verdict: if any rank failed, all exit 1, and the lowest failing
-// rank prints its message (one line, not one per rank). No rank is left waiting in a collective.
-static void exit_if_any_failed(Comm *comm, int failed, const char *message) {
-    if (!comm_any(comm, failed)) return;
-    double *failed_ranks = (double *)xcalloc((size_t)comm->world_size, sizeof(double));
-    failed_ranks[comm->rank] = failed ? 1.0 : 0.0;
-    comm_allreduce_sum(comm, failed_ranks, (size_t)comm->world_size, COMM_F64);
-    int first = 0;
-    while (failed_ranks[first] == 0.0) first++;
-    if (comm->rank == first) fprintf(stderr, "error: %s\n", message);
-    free(failed_ranks);
-    comm_finalize(comm);
-    exit(EXIT_FAILURE);
-}
-
-// mkdir -p; 0 or -1 with err = "DIR: problem"
-static int make_directories(const char *dir, char *err, size_t errlen) {
-    char *path = xstrdup(dir);
-    for (char *p = path + 1;; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-            set_error(err, errlen, "%s: cannot create directory (%s)", path, strerror(errno));
-            free(path);
-            return -1;
-        }
-        *p = saved;
-        if (saved == '\0') break;
-    }
-    struct stat sb;
-    int ok = stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
-    if (!ok) set_error(err, errlen, "%s: not a directory", path);
-    free(path);
-    return ok ? 0 : -1;
-}
-
 // the steps listed in MDN_INJECT_NAN_AT ("3,4,9"); is `step` one of them?
 static int nan_injected_at(int64_t step) {
     const char *list = getenv("MDN_INJECT_NAN_AT");
@@ -229,9 +192,9 @@ int main(int argc, char **argv) {
     TrainArgs args;
     int parsed = cli_parse(&args, argc, argv, err, sizeof(err));
     if (parsed == 1) { comm_finalize(&comm); return 0; }  // --help
-    exit_if_any_failed(&comm, parsed == -1, err);
+    comm_exit_if_any_failed(&comm, parsed == -1, err);
     MdnConfig config;
-    exit_if_any_failed(&comm, config_load(&config, args.config, err, sizeof(err)) != 0, err);
+    comm_exit_if_any_failed(&comm, config_load(&config, args.config, err, sizeof(err)) != 0, err);
     if (args.dry_run) {
         // the summary needs no activations: a model for one token
         if (rank0) {
@@ -262,7 +225,7 @@ int main(int argc, char **argv) {
             out_failed = 1;
         }
     }
-    exit_if_any_failed(&comm, out_failed, err);
+    comm_exit_if_any_failed(&comm, out_failed, err);
 
     // data: every rank validates every shard up front
     DataLoader train_loader, val_loader;
@@ -274,12 +237,12 @@ int main(int argc, char **argv) {
                                      config.vocab_size, err, sizeof(err)) != 0;
     if ((train_failed || val_failed) && strstr(err, "no shard matches") && strncmp(err, "data/tinyshakespeare/", 21) == 0)
         strncat(err, " (the default data: make it with scripts/prepare_tinyshakespeare.sh)", sizeof(err) - strlen(err) - 1);
-    exit_if_any_failed(&comm, train_failed || val_failed, err);
+    comm_exit_if_any_failed(&comm, train_failed || val_failed, err);
 
     // the model and its optimizer
     Model *model = model_build(&config, B, T);
     if (args.init_from[0] != '\0') {
-        exit_if_any_failed(&comm, model_load_hf_weights(model, args.init_from, err, sizeof(err)) != 0, err);
+        comm_exit_if_any_failed(&comm, model_load_hf_weights(model, args.init_from, err, sizeof(err)) != 0, err);
     } else {
         model_init_weights(model, (uint64_t)args.seed);
     }
@@ -332,7 +295,7 @@ int main(int argc, char **argv) {
                 bad = 1;
             }
         }
-        exit_if_any_failed(&comm, bad, err);
+        comm_exit_if_any_failed(&comm, bad, err);
         found = comm_any(&comm, found);
         if (found) {
             int64_t scalars[9] = {state.step, state.num_updates, state.nan_steps_total, state.nan_steps_in_row,
@@ -358,7 +321,7 @@ int main(int argc, char **argv) {
             opt.nan_steps_in_row = scalars[3];
             DataLoaderPosition position = {scalars[4], scalars[5], scalars[6], (uint64_t)scalars[7]};
             sample_rng = (uint64_t)scalars[8];
-            exit_if_any_failed(&comm, dataloader_set_position(&train_loader, position, err, sizeof(err)) != 0, err);
+            comm_exit_if_any_failed(&comm, dataloader_set_position(&train_loader, position, err, sizeof(err)) != 0, err);
             if (rank0) {
                 printf("resumed from %s at step %lld (written by %d rank%s)\n", path, (long long)start_step, state.world_size,
                        state.world_size == 1 ? "" : "s");
@@ -450,7 +413,7 @@ int main(int argc, char **argv) {
                      "(no checkpoint written: the last one in %s is the last good state)",
                      (long long)opt.nan_steps_in_row, (long long)(step - opt.nan_steps_in_row + 1), (long long)step,
                      args.out[0] ? args.out : "(no --out)");
-            exit_if_any_failed(&comm, 1, err);
+            comm_exit_if_any_failed(&comm, 1, err);
         }
 
         int last = step == args.steps;
@@ -497,7 +460,7 @@ int main(int argc, char **argv) {
             free(full_m);
             free(full_v);
             free(path);
-            exit_if_any_failed(&comm, failed, err);
+            comm_exit_if_any_failed(&comm, failed, err);
         }
         if (stopping) {
             if (rank0)

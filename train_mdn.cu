@@ -51,43 +51,6 @@ static double peak_flops(const char *device_name) {
     return 0.0;
 }
 
-// Every rank calls this with its own verdict: if any rank failed, all exit 1 and the lowest failing
-// rank prints its message, so that no rank is left waiting in a collective (as train_mdn_cpu).
-static void exit_if_any_failed(Comm *comm, int failed, const char *message) {
-    if (!comm_any(comm, failed)) return;
-    double *failed_ranks = (double *)xcalloc((size_t)comm->world_size, sizeof(double));
-    failed_ranks[comm->rank] = failed ? 1.0 : 0.0;
-    comm_allreduce_sum_host(comm, failed_ranks, (size_t)comm->world_size);
-    int first = 0;
-    while (failed_ranks[first] == 0.0) first++;
-    if (comm->rank == first) fprintf(stderr, "error: %s\n", message);
-    free(failed_ranks);
-    comm_finalize(comm);
-    exit(EXIT_FAILURE);
-}
-
-// mkdir -p DIR; 0, or -1 with err = "DIR: problem" (as train_mdn_cpu)
-static int make_directories(const char *dir, char *err, size_t errlen) {
-    char *path = xstrdup(dir);
-    for (char *p = path + 1;; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-            set_error(err, errlen, "%s: cannot create directory (%s)", path, strerror(errno));
-            free(path);
-            return -1;
-        }
-        *p = saved;
-        if (saved == '\0') break;
-    }
-    struct stat sb;
-    int ok = stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
-    if (!ok) set_error(err, errlen, "%s: not a directory", path);
-    free(path);
-    return ok ? 0 : -1;
-}
-
 // the initial float32 parameters in the CPU layout: the HF directory of --init-from, or a fresh
 // init; NULL with err on a bad --init-from
 static float *initial_params(const MdnConfig *config, const TrainArgs *args, char *err, size_t errlen) {
@@ -195,7 +158,7 @@ static void save_checkpoint(Comm *comm, const TrainArgs *args, GpuModel *gm, con
         free(path);
         checkpoint_state_free(&st);
     }
-    exit_if_any_failed(comm, failed, err);
+    comm_exit_if_any_failed(comm, failed, err);
 }
 
 // The latest checkpoint in --out, read by rank 0 and broadcast: params, then m and v whole through
@@ -219,7 +182,7 @@ static int64_t resume(Comm *comm, const TrainArgs *args, GpuModel *gm, const Mdn
         }
         free(config_json);
     }
-    exit_if_any_failed(comm, bad, err);
+    comm_exit_if_any_failed(comm, bad, err);
     if (!comm_any(comm, found)) {
         if (rank0) printf("no checkpoint in %s: starting from step 0\n", args->out);
         return 0;
@@ -244,7 +207,7 @@ static int64_t resume(Comm *comm, const TrainArgs *args, GpuModel *gm, const Mdn
     counters->nan_in_row = scalars[3];
     counters->sample_rng = (uint64_t)scalars[8];
     DataLoaderPosition position = {scalars[4], scalars[5], scalars[6], (uint64_t)scalars[7]};
-    exit_if_any_failed(comm, dataloader_set_position(train, position, err, sizeof err) != 0, err);
+    comm_exit_if_any_failed(comm, dataloader_set_position(train, position, err, sizeof err) != 0, err);
     if (rank0) {
         printf("resumed from %s at step %lld (written by %d rank%s)\n", path, (long long)scalars[0], st.world_size,
                st.world_size == 1 ? "" : "s");
@@ -262,9 +225,9 @@ int main(int argc, char **argv) {
     char err[1024] = "";
     int parsed = cli_parse(&args, argc, argv, err, sizeof err);
     if (parsed == 1) { comm_finalize(&comm); return 0; }   // --help
-    exit_if_any_failed(&comm, parsed != 0, err);
+    comm_exit_if_any_failed(&comm, parsed != 0, err);
     MdnConfig config;
-    exit_if_any_failed(&comm, config_load(&config, args.config, err, sizeof err) != 0, err);
+    comm_exit_if_any_failed(&comm, config_load(&config, args.config, err, sizeof err) != 0, err);
     if (args.dry_run) {
         if (rank0) config_print_summary(&config, stdout);
         comm_finalize(&comm);
@@ -291,7 +254,7 @@ int main(int argc, char **argv) {
         snprintf(log_path, sizeof log_path, "%s/log.jsonl", args.out);
         out_failed = make_directories(args.out, err, sizeof err) != 0;
     }
-    exit_if_any_failed(&comm, out_failed, err);
+    comm_exit_if_any_failed(&comm, out_failed, err);
 
     // data: rank r reads every world-th row window (dataloader.h), every rank checks every shard
     DataLoader train, val;
@@ -301,7 +264,7 @@ int main(int argc, char **argv) {
     if (!data_failed && have_val)
         data_failed = dataloader_init(&val, args.val_data, B, T, comm.rank, world, 0, (uint64_t)args.seed,
                                       config.vocab_size, err, sizeof err) != 0;
-    exit_if_any_failed(&comm, data_failed, err);
+    comm_exit_if_any_failed(&comm, data_failed, err);
 
     GpuModel *gm = gpu_model_build(&config, B, T, strcmp(args.dtype, "bf16") == 0, stream);
     gpu_model_alloc_optimizer(gm, args.no_decay_set, comm.rank, world);
@@ -315,7 +278,7 @@ int main(int argc, char **argv) {
     int64_t start_step = args.resume ? resume(&comm, &args, gm, &config, &counters, &train, log_path) : 0;
     if (start_step == 0) {
         float *params = rank0 ? initial_params(&config, &args, err, sizeof err) : NULL;
-        exit_if_any_failed(&comm, rank0 && params == NULL, err);
+        comm_exit_if_any_failed(&comm, rank0 && params == NULL, err);
         if (rank0) gpu_model_upload(gm, gm->params, params);
         comm_broadcast(&comm, gm->params, gm->num_params * sizeof(float), 0);
         gpu_model_refresh_copy(gm);
@@ -409,7 +372,7 @@ int main(int argc, char **argv) {
         if (counters.nan_in_row >= args.max_nan_steps) {
             snprintf(err, sizeof err, "--max-nan-steps: %lld non-finite steps in a row; stopping (the last checkpoint "
                      "in %s is the last good state)", (long long)counters.nan_in_row, args.out[0] ? args.out : "(no --out)");
-            exit_if_any_failed(&comm, 1, err);
+            comm_exit_if_any_failed(&comm, 1, err);
         }
         double val_loss = NAN;
         int last = step + 1 == args.steps;

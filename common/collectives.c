@@ -186,3 +186,16 @@ int comm_any(Comm *comm, int flag) {
     comm_allreduce_sum_host(comm, &value, 1);
     return value > 0.0;
 }
+
+void comm_exit_if_any_failed(Comm *comm, int failed, const char *message) {
+    if (!comm_any(comm, failed)) return;
+    double *failed_ranks = (double *)xcalloc((size_t)comm->world_size, sizeof(double));
+    failed_ranks[comm->rank] = failed ? 1.0 : 0.0;
+    comm_allreduce_sum_host(comm, failed_ranks, (size_t)comm->world_size);
+    int first = 0;
+    while (failed_ranks[first] == 0.0) first++;
+    if (comm->rank == first) fprintf(stderr, "error: %s\n", message);
+    free(failed_ranks);
+    comm_finalize(comm);
+    exit(EXIT_FAILURE);
+}

@@ -69,6 +69,10 @@ void comm_barrier(Comm *comm);
 void comm_allreduce_sum_host(Comm *comm, double *values, size_t count);
 // logical OR of a flag over ranks (so that every rank takes the same branch: stop, skip, fail)
 int comm_any(Comm *comm, int flag);
+// Every rank calls this with its own verdict: if any rank failed, all finalize and exit 1, and the
+// lowest failing rank prints "error: MESSAGE" (one line, not one per rank). No rank is left
+// waiting in a collective. Returns only if no rank failed.
+void comm_exit_if_any_failed(Comm *comm, int failed, const char *message);
 
 // The NCCL back end (defined in common/collectives_nccl.cu; programs that call it link
 // build/libmdn_cuda.a and -lnccl). Called after comm_init, before any other CUDA call: selects this

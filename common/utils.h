@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <time.h>
 
 // print "error: <message>" and exit(1). The message should name the file or flag at fault.
@@ -81,6 +83,28 @@ static inline char *read_file(const char *path, size_t *size_out, char *err, siz
     buf[size] = '\0';
     if (size_out != NULL) *size_out = (size_t)size;
     return buf;
+}
+
+// mkdir -p DIR; 0, or -1 with err = "DIR: problem"
+static inline int make_directories(const char *dir, char *err, size_t errlen) {
+    char *path = xstrdup(dir);
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+            set_error(err, errlen, "%s: cannot create directory (%s)", path, strerror(errno));
+            free(path);
+            return -1;
+        }
+        *p = saved;
+        if (saved == '\0') break;
+    }
+    struct stat sb;
+    int ok = stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+    if (!ok) set_error(err, errlen, "%s: not a directory", path);
+    free(path);
+    return ok ? 0 : -1;
 }
 
 static inline double wall_seconds(void) {
