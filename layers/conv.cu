@@ -1,110 +1,265 @@
 // conv.cu: see conv.cuh. z[t,c] = sum_i w[c,i]·x[t-W+1+i, c] (zero before the row's start).
-// Backward: dz = dout·silu'(z) (recomputed z) is written once to scratch (float32), then one pass
-// gives dinp[s,c] = sum_i w[c,i]·dz[s+W-1-i, c] and the per-part partial sums of
-// dw[c,i] = sum_t dz[t,c]·x[t-W+1+i, c], reduced over parts in a fixed order.
+// Each thread owns N adjacent channels (one 16-byte access) and a tile of CONV_TILE consecutive time
+// steps of one sequence, and slides a W-value window down the tile: every input value is loaded once
+// (plus W−1 halo rows a tile), where one thread per output loaded W strided values.
+// Backward, fused into one pass per tile: dz = dout·silu'(z) (z recomputed from the window) is kept
+// in a second window, dinp[s,c] = sum_i w[c,i]·dz[s+W-1-i, c] is emitted W−1 steps behind, and
+// dw[c,i] = sum_t dz[t,c]·x[t-W+1+i, c] is summed per thread, then over a block's threads in a fixed
+// order into one partial per REDUCE_PARTS part: deterministic, and no float32 dz buffer.
 #include "conv.cuh"
 
-template <typename T>
-__device__ __forceinline__ float conv_preact(const T *inp, int in_stride, const float *weight, int b, int t,
-                                             int Tlen, int c, int W) {
-    float z = 0.0f;
-    for (int i = 0; i < W; i++) {
-        int s = t - W + 1 + i;
-        if (s >= 0) z += weight[c * W + i] * to_float(inp[((size_t)b * Tlen + s) * in_stride + c]);
+#include "packed.cuh"
+
+#define CONV_TILE 16      // time steps per thread
+#define CONV_WARPS 8      // tiles per block (threadIdx.y); threadIdx.x runs over 32 channel groups
+
+// channels per thread for W taps: 16 bytes in the forward, 8 in the backward (which keeps three
+// W·N windows in registers; at 16 bytes it needs ~155 registers and runs one block per SM), fewer
+// for long windows
+template <typename T, int W, bool backward> struct ConvVec {
+    static constexpr int bytes = (backward ? 8 : 16) / (W <= 4 ? 1 : 2);
+    static constexpr int n = bytes / sizeof(T) > 0 ? bytes / sizeof(T) : 1;
+};
+
+// the tile'th tile of CONV_TILE steps (tiles numbered sequence by sequence): flat rows [r0, r0 + len)
+__device__ __forceinline__ void conv_tile(int tile, int Tlen, int *r0, int *t0, int *len) {
+    int tiles_per_seq = (Tlen + CONV_TILE - 1) / CONV_TILE;
+    int b = tile / tiles_per_seq;
+    *t0 = (tile - b * tiles_per_seq) * CONV_TILE;
+    *r0 = b * Tlen + *t0;
+    *len = min(CONV_TILE, Tlen - *t0);
+}
+
+template <typename T, int N, int W>
+__global__ void __launch_bounds__(32 * CONV_WARPS) shortconv_silu_forward_kernel(T *out, const T *inp, int in_stride,
+                                                                                 const float *weight, int num_tiles,
+                                                                                 int Tlen, int C) {
+    int c0 = (blockIdx.x * 32 + threadIdx.x) * N, tile = blockIdx.y * CONV_WARPS + threadIdx.y;
+    if (c0 >= C || tile >= num_tiles) return;
+    int r0, t0, len;
+    conv_tile(tile, Tlen, &r0, &t0, &len);
+    float w[W][N], x[W][N];   // x[W-1] is the newest step
+#pragma unroll
+    for (int i = 0; i < W; i++)
+#pragma unroll
+        for (int k = 0; k < N; k++) w[i][k] = weight[(c0 + k) * W + i];
+    // the W−1 steps before the tile (zeros before the sequence's start)
+#pragma unroll
+    for (int i = 0; i < W - 1; i++) {
+        int t = t0 - (W - 1) + i;
+        if (t >= 0) load_floats<N>(x[i + 1], inp + (size_t)(r0 - t0 + t) * in_stride + c0);
+        else
+#pragma unroll
+            for (int k = 0; k < N; k++) x[i + 1][k] = 0.0f;
     }
-    return z;
-}
-
-// one block per (row of B·T, tile of 256 channels): no index division, coalesced across channels
-template <typename T>
-__global__ void shortconv_silu_forward_kernel(T *out, const T *inp, int in_stride, const float *weight, int B,
-                                              int Tlen, int C, int W) {
-    int c = blockIdx.y * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    int row = blockIdx.x, t = row % Tlen, b = row / Tlen;
-    float z = conv_preact(inp, in_stride, weight, b, t, Tlen, c, W);
-    out[(size_t)row * C + c] = from_float<T>(z * sigmoidf_(z));
-}
-
-template <typename T>
-void shortconv_silu_forward_cuda(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
-                                 int W, cudaStream_t stream) {
-    dim3 grid(B * Tlen, ceil_div(C, 256));
-    shortconv_silu_forward_kernel<T><<<grid, 256, 0, stream>>>(out, inp, in_stride, weight, B, Tlen, C, W);
-    cudaCheck(cudaGetLastError());
-}
-
-template <typename T>
-__global__ void shortconv_dz_kernel(float *dz, const T *dout, const T *inp, int in_stride, const float *weight,
-                                    int B, int Tlen, int C, int W) {
-    int c = blockIdx.y * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    int row = blockIdx.x, t = row % Tlen, b = row / Tlen;
-    size_t idx = (size_t)row * C + c;
-    float z = conv_preact(inp, in_stride, weight, b, t, Tlen, c, W);
-    float s = sigmoidf_(z);
-    dz[idx] = to_float(dout[idx]) * s * (1.0f + z * (1.0f - s));
-}
-
-// block (32 channels, 8 row lanes) per (channel tile, part of the B·T rows)
-template <typename T>
-__global__ void shortconv_dinp_dweight_kernel(T *dinp, int dinp_stride, float *partials, const float *dz,
-                                              const T *inp, int in_stride, const float *weight, int rows, int Tlen,
-                                              int C, int W) {
-    __shared__ float acc_s[8][32][CONV_MAX_W];
-    int c = blockIdx.x * 32 + threadIdx.x, part = blockIdx.y;
-    int rows_per_part = ceil_div(rows, gridDim.y);
-    int r0 = part * rows_per_part, r1 = min(rows, r0 + rows_per_part);
-    float acc[CONV_MAX_W];
+    for (int s = 0; s < len; s++) {
 #pragma unroll
-    for (int i = 0; i < CONV_MAX_W; i++) acc[i] = 0.0f;
-    if (c < C)
-        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
-            int t = r % Tlen;
-            float d = 0.0f, dzr = dz[(size_t)r * C + c];
+        for (int i = 0; i < W - 1; i++)
 #pragma unroll
-            for (int i = 0; i < CONV_MAX_W; i++) {
-                if (i >= W) break;
-                int later = t + W - 1 - i, earlier = t - W + 1 + i;
-                if (later < Tlen) d += weight[c * W + i] * dz[(size_t)(r + W - 1 - i) * C + c];
-                if (earlier >= 0) acc[i] += dzr * to_float(inp[(size_t)(r - W + 1 + i) * in_stride + c]);
+            for (int k = 0; k < N; k++) x[i][k] = x[i + 1][k];
+        load_floats<N>(x[W - 1], inp + (size_t)(r0 + s) * in_stride + c0);
+        float y[N];
+#pragma unroll
+        for (int k = 0; k < N; k++) {
+            float z = 0.0f;
+#pragma unroll
+            for (int i = 0; i < W; i++) z += w[i][k] * x[i][k];
+            y[k] = z * sigmoidf_(z);
+        }
+        store_floats<N>(out + (size_t)(r0 + s) * C + c0, y);
+    }
+}
+
+template <typename T, int N, int W>
+__global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_backward_kernel(T *dinp, int dinp_stride,
+                                                                                  float *partials, const T *dout,
+                                                                                  const T *inp, int in_stride,
+                                                                                  const float *weight, int num_tiles,
+                                                                                  int Tlen, int C) {
+    __shared__ float dw_s[CONV_WARPS][32][N * W + 1];
+    int c0 = (blockIdx.x * 32 + threadIdx.x) * N, part = blockIdx.y;
+    int tiles_per_part = ceil_div(num_tiles, gridDim.y);
+    int tile_end = min(num_tiles, (part + 1) * tiles_per_part);
+    float w[W][N], dw[W][N];
+#pragma unroll
+    for (int i = 0; i < W; i++)
+#pragma unroll
+        for (int k = 0; k < N; k++) {
+            w[i][k] = c0 < C ? weight[(c0 + k) * W + i] : 0.0f;
+            dw[i][k] = 0.0f;
+        }
+    if (c0 < C)
+        for (int tile = part * tiles_per_part + threadIdx.y; tile < tile_end; tile += CONV_WARPS) {
+            int r0, t0, len;
+            conv_tile(tile, Tlen, &r0, &t0, &len);
+            const T *xb = inp + (size_t)(r0 - t0) * in_stride + c0;   // this sequence's step 0
+            float x[W][N], dz[W][N];   // windows; index W-1 is the newest step
+#pragma unroll
+            for (int i = 0; i < W; i++)
+#pragma unroll
+                for (int k = 0; k < N; k++) x[i][k] = dz[i][k] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < W - 1; i++) {
+                int t = t0 - (W - 1) + i;
+                if (t >= 0) load_floats<N>(x[i + 1], xb + (size_t)t * in_stride);
             }
-            dinp[(size_t)r * dinp_stride + c] = from_float<T>(d);
+            // steps u = t0 .. t0+len+W-2: dz at u; dinp at u−(W−1) once the window holds dz[u−W+1 .. u]
+            int u_end = min(Tlen, t0 + len + W - 1);
+            for (int u = t0; u < t0 + len + W - 1; u++) {
+#pragma unroll
+                for (int i = 0; i < W - 1; i++)
+#pragma unroll
+                    for (int k = 0; k < N; k++) {
+                        x[i][k] = x[i + 1][k];
+                        dz[i][k] = dz[i + 1][k];
+                    }
+                if (u < u_end) {
+                    load_floats<N>(x[W - 1], xb + (size_t)u * in_stride);
+                    float g[N];
+                    load_floats<N>(g, dout + (size_t)(r0 - t0 + u) * C + c0);
+#pragma unroll
+                    for (int k = 0; k < N; k++) {
+                        float z = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < W; i++) z += w[i][k] * x[i][k];
+                        float s = sigmoidf_(z);
+                        dz[W - 1][k] = g[k] * s * (1.0f + z * (1.0f - s));
+                    }
+                    if (u < t0 + len)
+#pragma unroll
+                        for (int i = 0; i < W; i++)
+#pragma unroll
+                            for (int k = 0; k < N; k++) dw[i][k] += dz[W - 1][k] * x[i][k];
+                } else {
+#pragma unroll
+                    for (int k = 0; k < N; k++) x[W - 1][k] = dz[W - 1][k] = 0.0f;
+                }
+                int s = u - (W - 1);
+                if (s >= t0) {
+                    float d[N];
+#pragma unroll
+                    for (int k = 0; k < N; k++) {
+                        d[k] = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < W; i++) d[k] += w[i][k] * dz[W - 1 - i][k];
+                    }
+                    store_floats<N>(dinp + (size_t)(r0 - t0 + s) * dinp_stride + c0, d);
+                }
+            }
         }
 #pragma unroll
-    for (int i = 0; i < CONV_MAX_W; i++) acc_s[threadIdx.y][threadIdx.x][i] = acc[i];
+    for (int i = 0; i < W; i++)
+#pragma unroll
+        for (int k = 0; k < N; k++) dw_s[threadIdx.y][threadIdx.x][k * W + i] = dw[i][k];
     __syncthreads();
-    if (threadIdx.y == 0 && c < C)
-        for (int i = 0; i < W; i++) {
-            float s = 0.0f;
-            for (int y = 0; y < 8; y++) s += acc_s[y][threadIdx.x][i];
-            partials[(size_t)part * C * W + c * W + i] = s;
-        }
+    // the block's partial for its channels: sum over threadIdx.y in order
+    int nvals = 32 * N * W, base = blockIdx.x * 32 * N * W;
+    for (int j = threadIdx.y * 32 + threadIdx.x; j < nvals; j += 32 * CONV_WARPS) {
+        if (base + j >= C * W) break;
+        float s = 0.0f;
+        for (int y = 0; y < CONV_WARPS; y++) s += dw_s[y][j / (N * W)][j % (N * W)];
+        partials[(size_t)part * C * W + base + j] = s;
+    }
 }
 
 static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 size_t shortconv_silu_backward_scratch_bytes(int B, int Tlen, int C, int W) {
-    return align256((size_t)B * Tlen * C * sizeof(float)) + (size_t)REDUCE_PARTS * C * W * sizeof(float);
+    (void)B;
+    (void)Tlen;
+    return align256((size_t)REDUCE_PARTS * C * W * sizeof(float));
+}
+
+static int conv_num_tiles(int B, int Tlen) { return B * ceil_div(Tlen, CONV_TILE); }
+
+template <typename T, int N, int W>
+static void conv_forward_launch(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
+                                cudaStream_t stream) {
+    int tiles = conv_num_tiles(B, Tlen);
+    dim3 grid(ceil_div(C / N, 32), ceil_div(tiles, CONV_WARPS));
+    shortconv_silu_forward_kernel<T, N, W><<<grid, dim3(32, CONV_WARPS), 0, stream>>>(out, inp, in_stride, weight,
+                                                                                      tiles, Tlen, C);
+    cudaCheck(cudaGetLastError());
+}
+
+template <typename T, int N, int W>
+static void conv_backward_launch(T *dinp, int dinp_stride, float *partials, const T *dout, const T *inp,
+                                 int in_stride, const float *weight, int B, int Tlen, int C, cudaStream_t stream) {
+    int tiles = conv_num_tiles(B, Tlen);
+    dim3 grid(ceil_div(C / N, 32), REDUCE_PARTS);
+    shortconv_silu_backward_kernel<T, N, W><<<grid, dim3(32, CONV_WARPS), 0, stream>>>(
+        dinp, dinp_stride, partials, dout, inp, in_stride, weight, tiles, Tlen, C);
+    cudaCheck(cudaGetLastError());
+}
+
+// whether every row of every operand starts on an N-value boundary
+template <typename T>
+static bool conv_vectorizable(int N, int C, int in_stride, int other_stride, const void *a, const void *b,
+                              const void *c) {
+    size_t bytes = (size_t)N * sizeof(T);
+    return C % N == 0 && in_stride % N == 0 && other_stride % N == 0 && is_aligned(a, bytes) && is_aligned(b, bytes) &&
+           is_aligned(c, bytes);
+}
+
+template <typename T, int W>
+static void conv_forward_w(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
+                           cudaStream_t stream) {
+    constexpr int N = ConvVec<T, W, false>::n;
+    if (conv_vectorizable<T>(N, C, in_stride, C, out, inp, inp))
+        conv_forward_launch<T, N, W>(out, inp, in_stride, weight, B, Tlen, C, stream);
+    else
+        conv_forward_launch<T, 1, W>(out, inp, in_stride, weight, B, Tlen, C, stream);
+}
+
+template <typename T, int W>
+static void conv_backward_w(T *dinp, int dinp_stride, float *partials, const T *dout, const T *inp, int in_stride,
+                            const float *weight, int B, int Tlen, int C, cudaStream_t stream) {
+    constexpr int N = ConvVec<T, W, true>::n;
+    if (conv_vectorizable<T>(N, C, in_stride, dinp_stride, dinp, dout, inp))
+        conv_backward_launch<T, N, W>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream);
+    else
+        conv_backward_launch<T, 1, W>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream);
+}
+
+static void conv_check_width(int W) {
+    if (W < 1 || W > CONV_MAX_W) {
+        fprintf(stderr, "error: conv.cu: conv_size %d outside 1..%d\n", W, CONV_MAX_W);
+        exit(EXIT_FAILURE);
+    }
+}
+
+template <typename T>
+void shortconv_silu_forward_cuda(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
+                                 int W, cudaStream_t stream) {
+    conv_check_width(W);
+    switch (W) {
+    case 1: conv_forward_w<T, 1>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 2: conv_forward_w<T, 2>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 3: conv_forward_w<T, 3>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 4: conv_forward_w<T, 4>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 5: conv_forward_w<T, 5>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 6: conv_forward_w<T, 6>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 7: conv_forward_w<T, 7>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
+    default: conv_forward_w<T, 8>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
+    }
 }
 
 template <typename T>
 void shortconv_silu_backward_cuda(T *dinp, int dinp_stride, float *dweight, void *scratch, const T *dout,
                                   const T *inp, int in_stride, const float *weight, int B, int Tlen, int C, int W,
                                   cudaStream_t stream) {
-    if (W > CONV_MAX_W) {
-        fprintf(stderr, "error: conv.cu: conv_size %d > %d\n", W, CONV_MAX_W);
-        exit(EXIT_FAILURE);
+    conv_check_width(W);
+    float *partials = (float *)scratch;
+    switch (W) {
+    case 1: conv_backward_w<T, 1>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 2: conv_backward_w<T, 2>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 3: conv_backward_w<T, 3>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 4: conv_backward_w<T, 4>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 5: conv_backward_w<T, 5>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 6: conv_backward_w<T, 6>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 7: conv_backward_w<T, 7>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
+    default: conv_backward_w<T, 8>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
     }
-    size_t n = (size_t)B * Tlen * C;
-    float *dz = (float *)scratch;
-    float *partials = (float *)((char *)scratch + align256(n * sizeof(float)));
-    shortconv_dz_kernel<T><<<dim3(B * Tlen, ceil_div(C, 256)), 256, 0, stream>>>(dz, dout, inp, in_stride, weight, B,
-                                                                                  Tlen, C, W);
-    cudaCheck(cudaGetLastError());
-    shortconv_dinp_dweight_kernel<T><<<dim3(ceil_div(C, 32), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
-        dinp, dinp_stride, partials, dz, inp, in_stride, weight, B * Tlen, Tlen, C, W);
-    cudaCheck(cudaGetLastError());
     reduce_partials_add_cuda(dweight, partials, REDUCE_PARTS, C * W, stream);
 }
 

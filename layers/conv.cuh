@@ -7,7 +7,7 @@
 
 #include "../common/cuda_common.cuh"
 
-#define CONV_MAX_W 8
+#define CONV_MAX_W 8   // conv_size 1..CONV_MAX_W
 
 // out [B,T,C] contiguous = silu(conv(inp)); weight [C, W] float32, W <= CONV_MAX_W
 template <typename T>

@@ -10,6 +10,10 @@
 
 #define LINEAR_WORKSPACE_BYTES (32u << 20)
 #define LINEAR_MAX_PLANS 128
+// the heuristic's first choice runs the 400M model's matmuls at ~470 TFLOP/s; its next few
+// candidates are timed once per shape and the fastest kept (set MDN_MATMUL_TUNE=0 to keep the first)
+#define LINEAR_TUNE_CANDIDATES 8
+#define LINEAR_TUNE_REPS 5
 
 typedef struct {
     int m, n, k, lda, ldb, ldd, transa, transb;
@@ -37,7 +41,55 @@ static int pointer_alignment(const void *p) {
     return align;
 }
 
-static const Plan *get_plan(const PlanKey *key) {
+static float time_algo(const Plan *plan, const cublasLtMatmulAlgo_t *algo, const void *a, const void *b, void *d,
+                       cudaStream_t stream, cudaEvent_t start, cudaEvent_t stop) {
+    float alpha = 1.0f, beta = 0.0f, best = INFINITY;
+    for (int rep = 0; rep <= LINEAR_TUNE_REPS; rep++) {   // rep 0 warms up
+        cudaCheck(cudaEventRecord(start, stream));
+        cublasStatus_t status = cublasLtMatmul(lt_handle, plan->desc, &alpha, a, plan->a_layout, b, plan->b_layout,
+                                               &beta, d, plan->d_layout, d, plan->d_layout, algo, lt_workspace,
+                                               LINEAR_WORKSPACE_BYTES, stream);
+        cudaCheck(cudaEventRecord(stop, stream));
+        cudaCheck(cudaEventSynchronize(stop));
+        if (status != CUBLAS_STATUS_SUCCESS) return INFINITY;
+        float ms;
+        cudaCheck(cudaEventElapsedTime(&ms, start, stop));
+        if (rep > 0 && ms < best) best = ms;
+    }
+    return best;
+}
+
+// index of the fastest of the heuristic's candidates: each timed (best of LINEAR_TUNE_REPS) into a
+// scratch output, so an accumulating product's real output is untouched. Another candidate replaces
+// the first only when 5% faster, so that near-ties keep the heuristic's (reproducible) choice.
+static int tune_plan(const Plan *plan, const cublasLtMatmulHeuristicResult_t *results, int found, const void *a,
+                     const void *b, cudaStream_t stream) {
+    const char *env = getenv("MDN_MATMUL_TUNE");
+    if (found < 2 || (env != NULL && strcmp(env, "0") == 0)) return 0;
+    size_t elem = plan->key.dtype == CUDA_R_32F ? 4 : 2;
+    void *d;
+    cudaCheck(cudaMalloc(&d, (size_t)plan->key.ldd * plan->key.n * elem));
+    cudaEvent_t start, stop;
+    cudaCheck(cudaEventCreate(&start));
+    cudaCheck(cudaEventCreate(&stop));
+    float first = time_algo(plan, &results[0].algo, a, b, d, stream, start, stop), best_ms = first;
+    int best = 0;
+    for (int i = 1; i < found; i++) {
+        if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+        float ms = time_algo(plan, &results[i].algo, a, b, d, stream, start, stop);
+        if (ms < best_ms) { best_ms = ms; best = i; }
+    }
+    if (best != 0 && best_ms > 0.95f * first) best = 0;
+    if (getenv("MDN_MATMUL_TUNE_LOG") != NULL)
+        fprintf(stderr, "linear.cu: m=%d n=%d k=%d: %d candidates, first %.3f ms, chose #%d %.3f ms\n", plan->key.m,
+                plan->key.n, plan->key.k, found, first, best, best == 0 ? first : best_ms);
+    cudaCheck(cudaEventDestroy(start));
+    cudaCheck(cudaEventDestroy(stop));
+    cudaCheck(cudaFree(d));
+    return best;
+}
+
+static const Plan *get_plan(const PlanKey *key, const void *a, const void *b, cudaStream_t stream) {
     for (int i = 0; i < num_plans; i++)
         if (memcmp(&plans[i].key, key, sizeof(PlanKey)) == 0) return &plans[i];
     if (lt_handle == NULL) {
@@ -70,35 +122,72 @@ static const Plan *get_plan(const PlanKey *key) {
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof(ab)));
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ad, sizeof(ad)));
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ad, sizeof(ad)));
-    cublasLtMatmulHeuristicResult_t result;
+    cublasLtMatmulHeuristicResult_t results[LINEAR_TUNE_CANDIDATES];
     int found = 0;
     cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, plan->desc, plan->a_layout, plan->b_layout,
-                                               plan->d_layout, plan->d_layout, pref, 1, &result, &found));
+                                               plan->d_layout, plan->d_layout, pref, LINEAR_TUNE_CANDIDATES, results,
+                                               &found));
     cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
     if (found == 0) {
         fprintf(stderr, "error: linear.cu: cuBLASLt has no algorithm for m=%d n=%d k=%d\n", key->m, key->n, key->k);
         exit(EXIT_FAILURE);
     }
-    plan->algo = result.algo;
+    plan->algo = results[tune_plan(plan, results, found, a, b, stream)].algo;
     num_plans++;
     return plan;
 }
 
+// Operands that start off a 16-byte boundary (a tensor at an odd offset in the flat parameter or
+// gradient vector) make cuBLASLt fall back to kernels without the tensor-memory-access path: the
+// 400M lm-head products ran at 84-119 TFLOP/s from a weight 8-byte aligned, vs ~450 aligned. Such an
+// operand is copied to (and, for D, back from) an aligned staging buffer: a weight-sized copy,
+// microseconds against a matmul over 32k tokens.
+#define LINEAR_STAGES 3   // A, B, D
+static void *stage_buf[LINEAR_STAGES];
+static size_t stage_bytes[LINEAR_STAGES];
+
+// bytes of a column-major matrix of `rows` x `cols` with leading dimension ld
+static size_t matrix_bytes(int rows, int cols, int ld, cudaDataType_t type) {
+    return ((size_t)(cols - 1) * ld + rows) * (type == CUDA_R_32F ? 4 : 2);
+}
+
+// p itself when 16-byte aligned (or its columns could not be), else slot's staging buffer
+// (holding a copy of p's bytes when copy_in)
+static void *staged(int slot, const void *p, int ld, cudaDataType_t type, size_t bytes, int copy_in,
+                    cudaStream_t stream) {
+    if (pointer_alignment(p) >= 16 || (size_t)ld * (type == CUDA_R_32F ? 4 : 2) % 16 != 0) return (void *)p;
+    if (stage_bytes[slot] < bytes) {
+        if (stage_buf[slot] != NULL) cudaCheck(cudaFree(stage_buf[slot]));
+        cudaCheck(cudaMalloc(&stage_buf[slot], bytes));
+        stage_bytes[slot] = bytes;
+    }
+    if (copy_in) cudaCheck(cudaMemcpyAsync(stage_buf[slot], p, bytes, cudaMemcpyDeviceToDevice, stream));
+    return stage_buf[slot];
+}
+
 // column-major D [m, n] (+)= op(A) · op(B)
-static void matmul_lt(void *d, cudaDataType_t dtype, int ldd, const void *a, int lda, int transa,
-                      const void *b, int ldb, int transb, cudaDataType_t atype, int m, int n, int k,
+static void matmul_lt(void *d_out, cudaDataType_t dtype, int ldd, const void *a_in, int lda, int transa,
+                      const void *b_in, int ldb, int transb, cudaDataType_t atype, int m, int n, int k,
                       int accumulate, cudaStream_t stream) {
+    size_t a_bytes = matrix_bytes(transa ? k : m, transa ? m : k, lda, atype);
+    size_t b_bytes = matrix_bytes(transb ? n : k, transb ? k : n, ldb, atype);
+    size_t d_bytes = matrix_bytes(m, n, ldd, dtype);
+    const void *a = staged(0, a_in, lda, atype, a_bytes, 1, stream);
+    const void *b = staged(1, b_in, ldb, atype, b_bytes, 1, stream);
+    // D keeps its values between columns (rows m..ldd) and, when accumulating, its own
+    void *d = staged(2, d_out, ldd, dtype, d_bytes, accumulate || ldd != m, stream);
     PlanKey key;
     memset(&key, 0, sizeof(key));   // padding bytes take part in the memcmp
     key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldd = ldd;
     key.transa = transa; key.transb = transb; key.atype = atype; key.dtype = dtype;
     key.accumulate = accumulate;
     key.align_a = pointer_alignment(a); key.align_b = pointer_alignment(b); key.align_d = pointer_alignment(d);
-    const Plan *plan = get_plan(&key);
+    const Plan *plan = get_plan(&key, a, b, stream);
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     cublasCheck(cublasLtMatmul(lt_handle, plan->desc, &alpha, a, plan->a_layout, b, plan->b_layout, &beta,
                                d, plan->d_layout, d, plan->d_layout, &plan->algo, lt_workspace,
                                LINEAR_WORKSPACE_BYTES, stream));
+    if (d != d_out) cudaCheck(cudaMemcpyAsync(d_out, d, d_bytes, cudaMemcpyDeviceToDevice, stream));
 }
 
 template <typename T, typename Tout>
@@ -140,6 +229,11 @@ void linear_cuda_free(void) {
         cublasLtMatmulDescDestroy(plans[i].desc);
     }
     num_plans = 0;
+    for (int i = 0; i < LINEAR_STAGES; i++) {
+        if (stage_buf[i] != NULL) cudaCheck(cudaFree(stage_buf[i]));
+        stage_buf[i] = NULL;
+        stage_bytes[i] = 0;
+    }
     if (lt_handle != NULL) {
         cudaCheck(cudaFree(lt_workspace));
         cublasCheck(cublasLtDestroy(lt_handle));

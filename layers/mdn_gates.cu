@@ -1,6 +1,8 @@
 // mdn_gates.cu: see mdn_gates.cuh; the formulas are mdn_gates.c's, one thread per (row, head).
 #include "mdn_gates.cuh"
 
+#include "packed.cuh"
+
 __device__ __forceinline__ float softplus_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 __device__ __forceinline__ float softplus_grad_(float x) { return x > 20.0f ? 1.0f : sigmoidf_(x); }
 
@@ -96,20 +98,30 @@ void mdn_gates_backward_cuda(T *da, T *db, T *dm, T *de, int dproj_stride, float
         reduce_partials_add_strided_cuda(targets[k], partials + k * H, REDUCE_PARTS, H, 5 * H, stream);
 }
 
-template <typename T>
+// one thread per N adjacent values of a head vector (K % N == 0: one 16-byte access per operand)
+template <typename T, int N>
 __global__ void output_correction_forward_kernel(T *q_out, const T *q, const T *k, const float *D_log, int rows,
                                                  int H, int K) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t idx = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * N;
     if (idx >= (size_t)rows * H * K) return;
-    int h = (idx / K) % H;
-    q_out[idx] = from_float<T>(to_float(q[idx]) - expf(D_log[h]) * to_float(k[idx]));
+    int h = (int)((idx / K) % H);
+    float c = expf(D_log[h]), qv[N], kv[N];
+    load_floats<N>(qv, q + idx);
+    load_floats<N>(kv, k + idx);
+#pragma unroll
+    for (int i = 0; i < N; i++) qv[i] -= c * kv[i];
+    store_floats<N>(q_out + idx, qv);
 }
 
 template <typename T>
 void output_correction_forward_cuda(T *q_out, const T *q, const T *k, const float *D_log, int rows, int H, int K,
                                     cudaStream_t stream) {
+    constexpr int V = Vec16<T>::n;
     size_t n = (size_t)rows * H * K;
-    output_correction_forward_kernel<T><<<ceil_div(n, 256), 256, 0, stream>>>(q_out, q, k, D_log, rows, H, K);
+    if (K % V == 0 && is_aligned(q_out, 16) && is_aligned(q, 16) && is_aligned(k, 16))
+        output_correction_forward_kernel<T, V><<<ceil_div(n / V, 256), 256, 0, stream>>>(q_out, q, k, D_log, rows, H, K);
+    else
+        output_correction_forward_kernel<T, 1><<<ceil_div(n, 256), 256, 0, stream>>>(q_out, q, k, D_log, rows, H, K);
     cudaCheck(cudaGetLastError());
 }
 

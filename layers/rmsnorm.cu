@@ -1,83 +1,138 @@
 // rmsnorm.cu: see rmsnorm.cuh. One warp per row for the row-wise parts (dim is 128..2048 here);
 // the weight gradients in a second, column-parallel pass over the rows.
 // With x̂ = x·r, r = (mean(x²)+eps)^-1/2, y = x̂·w: dx = r·(w∘dy − x̂·mean(x̂∘w∘dy)).
+// Every lane moves N adjacent values per access (4 for the float32 residual stream: 16 bytes; 8 for
+// the bf16 gated norm's rows: 16 bytes) when the shapes allow, one value otherwise.
 #include "rmsnorm.cuh"
+
+#include "packed.cuh"
 
 #define ROWS_PER_BLOCK 8   // warps per block in the row kernels
 
-template <typename Tin, typename T>
-__global__ void rmsnorm_forward_kernel(float *sum, T *out, float *rstd, const float *x, const Tin *delta,
+// whether float32 rows and T rows of dim values can be accessed N at a time
+template <typename T>
+static bool rows_vectorizable(int N, int dim, const float *f1, const float *f2, const float *f3, const T *t1,
+                              const T *t2) {
+    return dim % N == 0 && is_aligned(f1, N * sizeof(float)) && is_aligned(f2, N * sizeof(float)) &&
+           is_aligned(f3, N * sizeof(float)) && is_aligned(t1, N * sizeof(T)) && is_aligned(t2, N * sizeof(T));
+}
+
+template <typename T, int N>
+__global__ void rmsnorm_forward_kernel(float *sum, T *out, float *rstd, const float *x, const T *delta,
                                        const float *weight, int rows, int dim, float eps) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
-    const float *xr = x + (size_t)row * dim;
+    size_t base = (size_t)row * dim;
     float ss = 0.0f;
-    for (int c = lane; c < dim; c += 32) {
-        float v = xr[c];
+    for (int c = lane * N; c < dim; c += 32 * N) {
+        float v[N];
+        load_floats<N>(v, x + base + c);
         if (delta != NULL) {
-            v += to_float(delta[(size_t)row * dim + c]);
-            sum[(size_t)row * dim + c] = v;
+            float d[N];
+            load_floats<N>(d, delta + base + c);
+#pragma unroll
+            for (int k = 0; k < N; k++) v[k] += d[k];
+            store_floats<N>(sum + base + c, v);
         }
-        ss += v * v;
+#pragma unroll
+        for (int k = 0; k < N; k++) ss += v[k] * v[k];
     }
     ss = warp_reduce_sum(ss);
     float r = rsqrtf(ss / dim + eps);
-    const float *src = delta != NULL ? sum + (size_t)row * dim : xr;
-    for (int c = lane; c < dim; c += 32) out[(size_t)row * dim + c] = from_float<T>(src[c] * r * weight[c]);
+    const float *src = delta != NULL ? sum : x;   // the lane reads back only what it wrote itself
+    for (int c = lane * N; c < dim; c += 32 * N) {
+        float v[N], w[N];
+        load_floats<N>(v, src + base + c);
+        load_floats<N>(w, weight + c);
+#pragma unroll
+        for (int k = 0; k < N; k++) v[k] = v[k] * r * w[k];
+        store_floats<N>(out + base + c, v);
+    }
     if (lane == 0) rstd[row] = r;
+}
+
+template <typename T>
+static void rmsnorm_forward_launch(float *sum, T *out, float *rstd, const float *x, const T *delta,
+                                   const float *weight, int rows, int dim, float eps, cudaStream_t stream) {
+    int blocks = ceil_div(rows, ROWS_PER_BLOCK);
+    if (rows_vectorizable<T>(4, dim, x, weight, sum != NULL ? sum : x, out, delta != NULL ? delta : out))
+        rmsnorm_forward_kernel<T, 4><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(sum, out, rstd, x, delta, weight,
+                                                                                 rows, dim, eps);
+    else
+        rmsnorm_forward_kernel<T, 1><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(sum, out, rstd, x, delta, weight,
+                                                                                 rows, dim, eps);
+    cudaCheck(cudaGetLastError());
 }
 
 template <typename T>
 void rmsnorm_forward_cuda(T *out, float *rstd, const float *inp, const float *weight, int rows, int dim, float eps,
                           cudaStream_t stream) {
-    rmsnorm_forward_kernel<T, T><<<ceil_div(rows, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, 0, stream>>>(
-        NULL, out, rstd, inp, (const T *)NULL, weight, rows, dim, eps);
-    cudaCheck(cudaGetLastError());
+    rmsnorm_forward_launch<T>(NULL, out, rstd, inp, (const T *)NULL, weight, rows, dim, eps, stream);
 }
 
 template <typename T>
 void residual_rmsnorm_forward_cuda(float *sum, T *out, float *rstd, const float *x, const T *delta,
                                    const float *weight, int rows, int dim, float eps, cudaStream_t stream) {
-    rmsnorm_forward_kernel<T, T><<<ceil_div(rows, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, 0, stream>>>(
-        sum, out, rstd, x, delta, weight, rows, dim, eps);
-    cudaCheck(cudaGetLastError());
+    rmsnorm_forward_launch<T>(sum, out, rstd, x, delta, weight, rows, dim, eps, stream);
 }
 
-template <typename T>
+template <typename T, int N>
 __global__ void rmsnorm_backward_kernel(float *dinp, T *dinp_copy, const T *dout, const float *inp,
                                         const float *weight, const float *rstd, int rows, int dim) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     size_t base = (size_t)row * dim;
     float r = rstd[row], dot = 0.0f;
-    for (int c = lane; c < dim; c += 32) dot += inp[base + c] * r * weight[c] * to_float(dout[base + c]);
+    for (int c = lane * N; c < dim; c += 32 * N) {
+        float x[N], w[N], dy[N];
+        load_floats<N>(x, inp + base + c);
+        load_floats<N>(w, weight + c);
+        load_floats<N>(dy, dout + base + c);
+#pragma unroll
+        for (int k = 0; k < N; k++) dot += x[k] * r * w[k] * dy[k];
+    }
     dot = warp_reduce_sum(dot) / dim;
-    for (int c = lane; c < dim; c += 32) {
-        float xhat = inp[base + c] * r;
-        float d = dinp[base + c] + r * (weight[c] * to_float(dout[base + c]) - xhat * dot);
-        dinp[base + c] = d;
-        if (dinp_copy != NULL) dinp_copy[base + c] = from_float<T>(d);
+    for (int c = lane * N; c < dim; c += 32 * N) {
+        float x[N], w[N], dy[N], d[N];
+        load_floats<N>(x, inp + base + c);
+        load_floats<N>(w, weight + c);
+        load_floats<N>(dy, dout + base + c);
+        load_floats<N>(d, dinp + base + c);
+#pragma unroll
+        for (int k = 0; k < N; k++) d[k] += r * (w[k] * dy[k] - x[k] * r * dot);
+        store_floats<N>(dinp + base + c, d);
+        if (dinp_copy != NULL) store_floats<N>(dinp_copy + base + c, d);
     }
 }
 
-// partials[part, c] = sum over this part's rows of dout[r,c]·inp[r,c]·rstd[r]
-template <typename T>
+// partials[part, c] = sum over this part's rows of dout[r,c]·inp[r,c]·rstd[r]; a thread owns N columns
+template <typename T, int N>
 __global__ void rmsnorm_dweight_kernel(float *partials, const T *dout, const float *inp, const float *rstd,
                                        int rows, int dim) {
-    __shared__ float acc_s[8][33];
-    int c = blockIdx.x * 32 + threadIdx.x, part = blockIdx.y;
+    __shared__ float acc_s[8][32 * N + 1];
+    int c = (blockIdx.x * 32 + threadIdx.x) * N, part = blockIdx.y;
     int rows_per_part = ceil_div(rows, gridDim.y);
     int r0 = part * rows_per_part, r1 = min(rows, r0 + rows_per_part);
-    float acc = 0.0f;
+    float acc[N];
+#pragma unroll
+    for (int k = 0; k < N; k++) acc[k] = 0.0f;
     if (c < dim)
-        for (int r = r0 + threadIdx.y; r < r1; r += 8)
-            acc += to_float(dout[(size_t)r * dim + c]) * inp[(size_t)r * dim + c] * rstd[r];
-    acc_s[threadIdx.y][threadIdx.x] = acc;
+        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
+            float dy[N], x[N], rs = rstd[r];
+            load_floats<N>(dy, dout + (size_t)r * dim + c);
+            load_floats<N>(x, inp + (size_t)r * dim + c);
+#pragma unroll
+            for (int k = 0; k < N; k++) acc[k] += dy[k] * x[k] * rs;
+        }
+#pragma unroll
+    for (int k = 0; k < N; k++) acc_s[threadIdx.y][threadIdx.x * N + k] = acc[k];
     __syncthreads();
-    if (threadIdx.y == 0 && c < dim) {
+    for (int j = threadIdx.y * 32 + threadIdx.x; j < 32 * N; j += 32 * 8) {
+        int col = blockIdx.x * 32 * N + j;
+        if (col >= dim) break;
         float s = 0.0f;
-        for (int y = 0; y < 8; y++) s += acc_s[y][threadIdx.x];
-        partials[(size_t)part * dim + c] = s;
+        for (int y = 0; y < 8; y++) s += acc_s[y][j];
+        partials[(size_t)part * dim + col] = s;
     }
 }
 
@@ -85,84 +140,144 @@ template <typename T>
 void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, float *dweight, float *scratch, const T *dout,
                            const float *inp, const float *weight, const float *rstd, int rows, int dim,
                            cudaStream_t stream) {
-    rmsnorm_backward_kernel<T><<<ceil_div(rows, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, 0, stream>>>(
-        dinp, dinp_copy, dout, inp, weight, rstd, rows, dim);
-    cudaCheck(cudaGetLastError());
-    rmsnorm_dweight_kernel<T><<<dim3(ceil_div(dim, 32), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
-        scratch, dout, inp, rstd, rows, dim);
+    int blocks = ceil_div(rows, ROWS_PER_BLOCK);
+    if (rows_vectorizable<T>(4, dim, dinp, inp, weight, dout, dinp_copy != NULL ? dinp_copy : dout)) {
+        rmsnorm_backward_kernel<T, 4><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(dinp, dinp_copy, dout, inp, weight,
+                                                                                  rstd, rows, dim);
+        cudaCheck(cudaGetLastError());
+        rmsnorm_dweight_kernel<T, 4><<<dim3(ceil_div(dim, 32 * 4), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
+            scratch, dout, inp, rstd, rows, dim);
+    } else {
+        rmsnorm_backward_kernel<T, 1><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(dinp, dinp_copy, dout, inp, weight,
+                                                                                  rstd, rows, dim);
+        cudaCheck(cudaGetLastError());
+        rmsnorm_dweight_kernel<T, 1><<<dim3(ceil_div(dim, 32), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
+            scratch, dout, inp, rstd, rows, dim);
+    }
     cudaCheck(cudaGetLastError());
     reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
 }
 
 // ---- gated norm ----
-template <typename T>
+// the gate row of head-vector row r
+__device__ __forceinline__ size_t gate_row(int r, int H, int gate_stride, int dim) {
+    int token = r / H;
+    return (size_t)token * gate_stride + (size_t)(r - token * H) * dim;
+}
+
+template <typename T, int N>
 __global__ void gated_rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, const T *gate, const float *weight,
                                              int rows, int dim, int H, int gate_stride, float eps) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
-    const T *x = inp + (size_t)row * dim;
-    const T *g = gate + (size_t)(row / H) * gate_stride + (size_t)(row % H) * dim;
+    size_t base = (size_t)row * dim, gbase = gate_row(row, H, gate_stride, dim);
     float ss = 0.0f;
-    for (int c = lane; c < dim; c += 32) {
-        float v = to_float(x[c]);
-        ss += v * v;
+    for (int c = lane * N; c < dim; c += 32 * N) {
+        float v[N];
+        load_floats<N>(v, inp + base + c);
+#pragma unroll
+        for (int k = 0; k < N; k++) ss += v[k] * v[k];
     }
     ss = warp_reduce_sum(ss);
     float r = rsqrtf(ss / dim + eps);
-    for (int c = lane; c < dim; c += 32)
-        out[(size_t)row * dim + c] = from_float<T>(to_float(x[c]) * r * weight[c] * sigmoidf_(to_float(g[c])));
+    for (int c = lane * N; c < dim; c += 32 * N) {
+        float v[N], g[N], w[N];
+        load_floats<N>(v, inp + base + c);
+        load_floats<N>(g, gate + gbase + c);
+        load_floats<N>(w, weight + c);
+#pragma unroll
+        for (int k = 0; k < N; k++) v[k] = v[k] * r * w[k] * sigmoidf_(g[k]);
+        store_floats<N>(out + base + c, v);
+    }
     if (lane == 0) rstd[row] = r;
 }
 
-template <typename T>
+template <typename T, int N>
 __global__ void gated_rmsnorm_backward_kernel(T *dinp, T *dgate, const T *dout, const T *inp, const T *gate,
                                               const float *weight, const float *rstd, int rows, int dim, int H,
                                               int gate_stride) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
-    size_t base = (size_t)row * dim, gbase = (size_t)(row / H) * gate_stride + (size_t)(row % H) * dim;
+    size_t base = (size_t)row * dim, gbase = gate_row(row, H, gate_stride, dim);
     float r = rstd[row], dot = 0.0f;
-    for (int c = lane; c < dim; c += 32) {
-        float s = sigmoidf_(to_float(gate[gbase + c])), xhat = to_float(inp[base + c]) * r;
-        float dy = to_float(dout[base + c]);
-        dgate[gbase + c] = from_float<T>(dy * xhat * weight[c] * s * (1.0f - s));
-        dot += xhat * weight[c] * dy * s;
+    for (int c = lane * N; c < dim; c += 32 * N) {
+        float x[N], g[N], w[N], dy[N], dg[N];
+        load_floats<N>(x, inp + base + c);
+        load_floats<N>(g, gate + gbase + c);
+        load_floats<N>(w, weight + c);
+        load_floats<N>(dy, dout + base + c);
+#pragma unroll
+        for (int k = 0; k < N; k++) {
+            float s = sigmoidf_(g[k]), xhat = x[k] * r;
+            dg[k] = dy[k] * xhat * w[k] * s * (1.0f - s);
+            dot += xhat * w[k] * dy[k] * s;
+        }
+        store_floats<N>(dgate + gbase + c, dg);
     }
     dot = warp_reduce_sum(dot) / dim;
-    for (int c = lane; c < dim; c += 32) {
-        float s = sigmoidf_(to_float(gate[gbase + c])), xhat = to_float(inp[base + c]) * r;
-        float dn = to_float(dout[base + c]) * s;
-        dinp[base + c] = from_float<T>(r * (weight[c] * dn - xhat * dot));
+    for (int c = lane * N; c < dim; c += 32 * N) {
+        float x[N], g[N], w[N], dy[N], dx[N];
+        load_floats<N>(x, inp + base + c);
+        load_floats<N>(g, gate + gbase + c);
+        load_floats<N>(w, weight + c);
+        load_floats<N>(dy, dout + base + c);
+#pragma unroll
+        for (int k = 0; k < N; k++) dx[k] = r * (w[k] * dy[k] * sigmoidf_(g[k]) - x[k] * r * dot);
+        store_floats<N>(dinp + base + c, dx);
     }
 }
 
-template <typename T>
+template <typename T, int N>
 __global__ void gated_rmsnorm_dweight_kernel(float *partials, const T *dout, const T *inp, const T *gate,
                                              const float *rstd, int rows, int dim, int H, int gate_stride) {
-    __shared__ float acc_s[8][33];
-    int c = blockIdx.x * 32 + threadIdx.x, part = blockIdx.y;
+    __shared__ float acc_s[8][32 * N + 1];
+    int c = (blockIdx.x * 32 + threadIdx.x) * N, part = blockIdx.y;
     int rows_per_part = ceil_div(rows, gridDim.y);
     int r0 = part * rows_per_part, r1 = min(rows, r0 + rows_per_part);
-    float acc = 0.0f;
+    float acc[N];
+#pragma unroll
+    for (int k = 0; k < N; k++) acc[k] = 0.0f;
     if (c < dim)
         for (int r = r0 + threadIdx.y; r < r1; r += 8) {
-            float s = sigmoidf_(to_float(gate[(size_t)(r / H) * gate_stride + (size_t)(r % H) * dim + c]));
-            acc += to_float(dout[(size_t)r * dim + c]) * s * to_float(inp[(size_t)r * dim + c]) * rstd[r];
+            float dy[N], x[N], g[N], rs = rstd[r];
+            load_floats<N>(dy, dout + (size_t)r * dim + c);
+            load_floats<N>(x, inp + (size_t)r * dim + c);
+            load_floats<N>(g, gate + gate_row(r, H, gate_stride, dim) + c);
+#pragma unroll
+            for (int k = 0; k < N; k++) acc[k] += dy[k] * sigmoidf_(g[k]) * x[k] * rs;
         }
-    acc_s[threadIdx.y][threadIdx.x] = acc;
+#pragma unroll
+    for (int k = 0; k < N; k++) acc_s[threadIdx.y][threadIdx.x * N + k] = acc[k];
     __syncthreads();
-    if (threadIdx.y == 0 && c < dim) {
+    for (int j = threadIdx.y * 32 + threadIdx.x; j < 32 * N; j += 32 * 8) {
+        int col = blockIdx.x * 32 * N + j;
+        if (col >= dim) break;
         float s = 0.0f;
-        for (int y = 0; y < 8; y++) s += acc_s[y][threadIdx.x];
-        partials[(size_t)part * dim + c] = s;
+        for (int y = 0; y < 8; y++) s += acc_s[y][j];
+        partials[(size_t)part * dim + col] = s;
     }
+}
+
+// whether the gated norm's T rows (and the gate's rows, gate_stride apart) allow N-value accesses
+template <typename T>
+static bool gated_vectorizable(int N, int dim, int gate_stride, const float *weight, const T *a, const T *b,
+                               const T *c, const T *d) {
+    size_t bytes = (size_t)N * sizeof(T);
+    return dim % N == 0 && gate_stride % N == 0 && is_aligned(weight, N * sizeof(float)) && is_aligned(a, bytes) &&
+           is_aligned(b, bytes) && is_aligned(c, bytes) && is_aligned(d, bytes);
 }
 
 template <typename T>
 void gated_rmsnorm_forward_cuda(T *out, float *rstd, const T *inp, const T *gate, const float *weight,
                                 int rows, int dim, int H, int gate_stride, float eps, cudaStream_t stream) {
-    gated_rmsnorm_forward_kernel<T><<<ceil_div(rows, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, 0, stream>>>(
-        out, rstd, inp, gate, weight, rows, dim, H, gate_stride, eps);
+    constexpr int V = Vec16<T>::n;
+    int blocks = ceil_div(rows, ROWS_PER_BLOCK);
+    if (gated_vectorizable<T>(V, dim, gate_stride, weight, out, inp, gate, gate))
+        gated_rmsnorm_forward_kernel<T, V><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, rstd, inp, gate, weight,
+                                                                                       rows, dim, H, gate_stride, eps);
+    else
+        gated_rmsnorm_forward_kernel<T, 1><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, rstd, inp, gate, weight,
+                                                                                       rows, dim, H, gate_stride, eps);
     cudaCheck(cudaGetLastError());
 }
 
@@ -170,11 +285,21 @@ template <typename T>
 void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, float *dweight, float *scratch, const T *dout, const T *inp,
                                  const T *gate, const float *weight, const float *rstd, int rows, int dim, int H,
                                  int gate_stride, cudaStream_t stream) {
-    gated_rmsnorm_backward_kernel<T><<<ceil_div(rows, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, 0, stream>>>(
-        dinp, dgate, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
-    cudaCheck(cudaGetLastError());
-    gated_rmsnorm_dweight_kernel<T><<<dim3(ceil_div(dim, 32), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
-        scratch, dout, inp, gate, rstd, rows, dim, H, gate_stride);
+    constexpr int V = Vec16<T>::n;
+    int blocks = ceil_div(rows, ROWS_PER_BLOCK);
+    if (gated_vectorizable<T>(V, dim, gate_stride, weight, dinp, dgate, dout, inp) && is_aligned(gate, 16)) {
+        gated_rmsnorm_backward_kernel<T, V><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
+            dinp, dgate, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
+        cudaCheck(cudaGetLastError());
+        gated_rmsnorm_dweight_kernel<T, V><<<dim3(ceil_div(dim, 32 * V), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
+            scratch, dout, inp, gate, rstd, rows, dim, H, gate_stride);
+    } else {
+        gated_rmsnorm_backward_kernel<T, 1><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
+            dinp, dgate, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
+        cudaCheck(cudaGetLastError());
+        gated_rmsnorm_dweight_kernel<T, 1><<<dim3(ceil_div(dim, 32), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
+            scratch, dout, inp, gate, rstd, rows, dim, H, gate_stride);
+    }
     cudaCheck(cudaGetLastError());
     reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
 }

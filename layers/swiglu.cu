@@ -1,38 +1,77 @@
-// swiglu.cu: see swiglu.cuh; elementwise, one block per row (no index division), threads across it.
+// swiglu.cu: see swiglu.cuh. Elementwise: one thread per N adjacent values of a row (one 16-byte
+// access of each operand where the shapes allow), over all rows·dim/N vectors.
 #include "swiglu.cuh"
 
-template <typename T>
+#include "packed.cuh"
+
+template <typename T, int N>
 __global__ void swiglu_forward_kernel(T *out, const T *gate, const T *up, int in_stride, int rows, int dim) {
-    size_t row = blockIdx.x;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-        size_t in = row * in_stride + c;
-        float g = to_float(gate[in]);
-        out[row * dim + c] = from_float<T>(g * sigmoidf_(g) * to_float(up[in]));
-    }
+    int per_row = dim / N;
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)rows * per_row) return;
+    int row = (int)(idx / per_row), c = (int)(idx - (long long)row * per_row) * N;
+    size_t in = (size_t)row * in_stride + c;
+    float g[N], u[N], y[N];
+    load_floats<N>(g, gate + in);
+    load_floats<N>(u, up + in);
+#pragma unroll
+    for (int i = 0; i < N; i++) y[i] = g[i] * sigmoidf_(g[i]) * u[i];
+    store_floats<N>(out + (size_t)row * dim + c, y);
 }
 
-template <typename T>
+template <typename T, int N>
 __global__ void swiglu_backward_kernel(T *dgate, T *dup, const T *dout, const T *gate, const T *up, int in_stride,
                                        int rows, int dim) {
-    size_t row = blockIdx.x;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-        size_t in = row * in_stride + c;
-        float g = to_float(gate[in]), s = sigmoidf_(g), d = to_float(dout[row * dim + c]);
-        dup[in] = from_float<T>(d * g * s);
-        dgate[in] = from_float<T>(d * to_float(up[in]) * s * (1.0f + g * (1.0f - s)));
+    int per_row = dim / N;
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)rows * per_row) return;
+    int row = (int)(idx / per_row), c = (int)(idx - (long long)row * per_row) * N;
+    size_t in = (size_t)row * in_stride + c;
+    float g[N], u[N], d[N], dg[N], du[N];
+    load_floats<N>(g, gate + in);
+    load_floats<N>(u, up + in);
+    load_floats<N>(d, dout + (size_t)row * dim + c);
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        float s = sigmoidf_(g[i]);
+        du[i] = d[i] * g[i] * s;
+        dg[i] = d[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
     }
+    store_floats<N>(dup + in, du);
+    store_floats<N>(dgate + in, dg);
+}
+
+// whether rows of dim values, in_stride apart, can be read N at a time from these pointers
+template <typename T>
+static bool swiglu_vectorizable(int N, int dim, int in_stride, const void *a, const void *b, const void *c,
+                                const void *d) {
+    size_t bytes = (size_t)N * sizeof(T);
+    return dim % N == 0 && in_stride % N == 0 && is_aligned(a, bytes) && is_aligned(b, bytes) && is_aligned(c, bytes) &&
+           is_aligned(d, bytes);
 }
 
 template <typename T>
 void swiglu_forward_cuda(T *out, const T *gate, const T *up, int in_stride, int rows, int dim, cudaStream_t stream) {
-    swiglu_forward_kernel<T><<<rows, 256, 0, stream>>>(out, gate, up, in_stride, rows, dim);
+    constexpr int V = Vec16<T>::n;
+    if (swiglu_vectorizable<T>(V, dim, in_stride, out, gate, up, up))
+        swiglu_forward_kernel<T, V><<<ceil_div((long long)rows * (dim / V), 256), 256, 0, stream>>>(out, gate, up,
+                                                                                                    in_stride, rows, dim);
+    else
+        swiglu_forward_kernel<T, 1><<<ceil_div((long long)rows * dim, 256), 256, 0, stream>>>(out, gate, up, in_stride,
+                                                                                              rows, dim);
     cudaCheck(cudaGetLastError());
 }
 
 template <typename T>
 void swiglu_backward_cuda(T *dgate, T *dup, const T *dout, const T *gate, const T *up, int in_stride, int rows,
                           int dim, cudaStream_t stream) {
-    swiglu_backward_kernel<T><<<rows, 256, 0, stream>>>(dgate, dup, dout, gate, up, in_stride, rows, dim);
+    constexpr int V = Vec16<T>::n;
+    if (swiglu_vectorizable<T>(V, dim, in_stride, dgate, dup, dout, gate) && is_aligned(up, 16))
+        swiglu_backward_kernel<T, V><<<ceil_div((long long)rows * (dim / V), 256), 256, 0, stream>>>(
+            dgate, dup, dout, gate, up, in_stride, rows, dim);
+    else
+        swiglu_backward_kernel<T, 1><<<ceil_div((long long)rows * dim, 256), 256, 0, stream>>>(
+            dgate, dup, dout, gate, up, in_stride, rows, dim);
     cudaCheck(cudaGetLastError());
 }
 
