@@ -26,6 +26,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <type_traits>
 
 #include "mdn_cuda.cuh"
@@ -680,6 +681,467 @@ __global__ void __launch_bounds__(NTHREADS)
 }
 
 // ------------------------------------------------------------------------------------------------
+// bf16 state passes (v7): the state in registers, operands by ldmatrix, cp.async prefetch
+// ------------------------------------------------------------------------------------------------
+// One CTA per (b,h,V tile) as above, with three changes that cut the instructions per mma.sync
+// about fivefold and a barrier per chunk:
+// - X = [S; M] (or dX) lives in registers as the accumulators of the state-update product: each
+//   warp owns fixed 16 x 8*NBU strips of the K x VT state (at most 2, since K*VT <= 8192), so the
+//   update X1 = D X0 + KK^T U starts from D X0 in place and needs no shared-memory round trip; a
+//   bf16 copy Xb in shared memory is the operand of the next chunk's products (the same rounding
+//   the v6 fragments applied).
+// - Every fragment comes from bf16 shared memory by ldmatrix (.trans for the transposed operands),
+//   rows padded by 16 bytes (conflict-free). The per-row gate factors that v6 multiplied into each
+//   fragment element are applied to the float32 accumulators (row factors of the output) or folded
+//   once into a bf16 copy of the small L x VT operand (factors along the inner index): raw k, q
+//   rows (exact bf16 inputs) are the A operands.
+// - Operands of the next chunk go out by cp.async as soon as their last reader of this chunk has
+//   passed a barrier (T^-1, QKG, q / d_o during the state update; k after it).
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const bf16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x2_t(uint32_t r[2], const bf16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(smem_addr(p)));
+}
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read)
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// `rows` rows of `cols` bf16 from global src + i*stride into shared dst + i*ldd; rows >= valid zero
+__device__ __forceinline__ void async_rows(bf16 *dst, int ldd, const bf16 *src, size_t stride, int rows, int cols,
+                                           int valid) {
+    const int nvec = cols / 8;
+    for (int e = threadIdx.x; e < rows * nvec; e += blockDim.x) {
+        const int i = e / nvec, c = (e - i * nvec) * 8;
+        cp_async16(dst + i * ldd + c, i < valid ? src + i * stride + c : src, i < valid);
+    }
+}
+
+// Fragments of m16n8k16 (g = lane/4, t = lane%4 as in tile_acc). A 16x16 at (m0,k0) from P
+// stored [M][ld] (A(m,k) = P[m*ld+k]) or, AT, stored [K][ld] (A(m,k) = P[k*ld+m]); B for the
+// n-tiles n0 and n0+8 (or n0 alone) from P stored [K][ld] (B(k,n) = P[k*ld+n]).
+template <bool AT> __device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *P, int ld, int m0, int k0) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
+    if (AT) ldsm_x4_t(a, P + (k0 + (mi >> 1) * 8 + rr) * ld + m0 + (mi & 1) * 8);
+    else ldsm_x4(a, P + (m0 + (mi & 1) * 8 + rr) * ld + k0 + (mi >> 1) * 8);
+}
+__device__ __forceinline__ void frag_b2(uint32_t b[4], const bf16 *P, int ld, int k0, int n0) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
+    ldsm_x4_t(b, P + (k0 + (mi & 1) * 8 + rr) * ld + n0 + (mi >> 1) * 8);
+}
+__device__ __forceinline__ void frag_b1(uint32_t b[2], const bf16 *P, int ld, int k0, int n0) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
+    ldsm_x2_t(b, P + (k0 + (mi & 1) * 8 + rr) * ld + n0);
+}
+
+// c[nb] += A(m0:m0+16, 0:kdim) B(0:kdim, n0+8nb : n0+8nb+8), and with NOPS 2 also
+// c2[nb] += A B2 (the A fragment shared)
+template <int NB, bool AT, int NOPS>
+__device__ __forceinline__ void mma_strip(float (*c)[4], float (*c2)[4], const bf16 *A, int lda, const bf16 *B,
+                                          const bf16 *B2, int ldb, int m0, int n0, int kdim) {
+    for (int k0 = 0; k0 < kdim; k0 += 16) {
+        uint32_t a[4];
+        frag_a<AT>(a, A, lda, m0, k0);
+#pragma unroll
+        for (int op = 0; op < NOPS; op++) {
+            const bf16 *Bo = op ? B2 : B;
+            float (*co)[4] = op ? c2 : c;
+#pragma unroll
+            for (int nb = 0; nb + 1 < NB; nb += 2) {
+                uint32_t b[4];
+                frag_b2(b, Bo, ldb, k0, n0 + 8 * nb);
+                mma_bf16_16816(co[nb], a[0], a[1], a[2], a[3], b[0], b[1]);
+                mma_bf16_16816(co[nb + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
+            }
+            if (NB & 1) {
+                uint32_t b[2];
+                frag_b1(b, Bo, ldb, k0, n0 + 8 * (NB - 1));
+                mma_bf16_16816(co[NB - 1], a[0], a[1], a[2], a[3], b[0], b[1]);
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ void st_bf16x2(bf16 *p, float x, float y) {
+    *reinterpret_cast<uint32_t *>(p) = pack_bf16(x, y);
+}
+
+struct FastSmem {
+    bf16 *Kh, *Qh;          // [CH][K+8] raw k, q rows
+    bf16 *Ti, *QG;          // [CH][CH+8]
+    bf16 *Xb;               // [2K][VT+8] bf16 copy of the state (or of dX)
+    bf16 *W[6];             // [CH][VT+8] L x VT operands: forward R, U, g-scaled U, h-scaled U;
+                            // reverse d_o, (a qs)-scaled d_o, (-b qs)-scaled d_o, dU, PA1 G, PA2 G
+    float *sc;              // [NSC][CH]
+};
+// mode: FAST_FWD, FAST_STORE (the backward's recompute: no q, no QKG), FAST_BWD
+enum { FAST_FWD, FAST_STORE, FAST_BWD };
+__host__ __device__ inline size_t carve_fast(FastSmem &s, char *base, int K, int VT, int mode) {
+    Carver cv{0, base};
+    s.Kh = cv.take<bf16>((size_t)CH * (K + 8));
+    s.Qh = mode == FAST_STORE ? nullptr : cv.take<bf16>((size_t)CH * (K + 8));
+    s.Ti = cv.take<bf16>((size_t)CH * (CH + 8));
+    s.QG = mode == FAST_STORE ? nullptr : cv.take<bf16>((size_t)CH * (CH + 8));
+    s.Xb = cv.take<bf16>((size_t)2 * K * (VT + 8));
+    for (int i = 0; i < 6; i++) s.W[i] = (i < (mode == FAST_BWD ? 6 : 4)) ? cv.take<bf16>((size_t)CH * (VT + 8)) : nullptr;
+    s.sc = cv.take<float>((size_t)NSC * CH);
+    return cv.off;
+}
+
+// the chunk's row factors (as load_chunk): threads < CH
+__device__ __forceinline__ void fast_row_factors(float *sc, const Dims &d, const float *vi) {
+    const int i = threadIdx.x;
+    if (i < CH) {
+        const float aprev = i ? vi[VEC_A * CH + i - 1] : 1.f, bprev = i ? vi[VEC_B * CH + i - 1] : 0.f;
+        const float pa = vi[VEC_PA * CH + i], et = vi[VEC_ETA * CH + i];
+        const float rk = vi[VEC_RK * CH + i], qs = vi[VEC_RQ * CH + i] * d.qscale;
+        sc[SC_PA1 * CH + i] = -aprev * pa * rk;
+        sc[SC_PA2 * CH + i] = bprev * pa * rk;
+        sc[SC_QA1 * CH + i] = vi[VEC_A * CH + i] * qs;
+        sc[SC_QA2 * CH + i] = -vi[VEC_B * CH + i] * qs;
+        sc[SC_KK1 * CH + i] = vi[VEC_G * CH + i] * et * rk;
+        sc[SC_KK2 * CH + i] = -vi[VEC_H * CH + i] * et * rk;
+    }
+}
+
+// The state strips of warp w: s = w + 8j (j < SPW <= 2), s < nU; strip s covers rows 16*(s / nsn), columns
+// 8*NBU*(s % nsn) of the K x VT block (nsn = VT / (8*NBU)).
+template <int VT> struct FastTiling {
+    static constexpr int NBL = VT / 16;               // L x VT products: 4 x 2 strips of 16 x VT/2
+    static constexpr int NBU = VT >= 32 ? 4 : 2;      // K x VT state strips of 16 x 8*NBU
+    static constexpr int NSN = VT / (8 * NBU);
+};
+
+// load the state block [K][V] rows (src, float32 or NULL: zero) of strip-owned elements into
+// registers st[j][0] (first block) and st[j][1] (second), and their bf16 copy into Xb
+template <int VT, int SPW>
+__device__ __forceinline__ void fast_state_load(float (*st)[2][FastTiling<VT>::NBU][4], const Dims &d, int bh, int v0,
+                                                const float *A0, const float *B0, bf16 *Xb) {
+    constexpr int NBU = FastTiling<VT>::NBU, NSN = FastTiling<VT>::NSN;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int K = d.K, nU = (K / 16) * NSN, ldv = VT + 8;
+#pragma unroll
+    for (int j = 0; j < SPW; j++) {
+        const int s = warp + 8 * j;
+        if (s >= nU) break;
+        const int m0 = (s / NSN) * 16, n0 = (s % NSN) * 8 * NBU;
+#pragma unroll
+        for (int which = 0; which < 2; which++) {
+            const float *src = which ? B0 : A0;
+#pragma unroll
+            for (int nb = 0; nb < NBU; nb++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int r = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
+                    float2 x = make_float2(0.f, 0.f);
+                    if (src) x = *reinterpret_cast<const float2 *>(src + ((size_t)bh * K + r) * d.V + v0 + c);
+                    st[j][which][nb][2 * hh] = x.x;
+                    st[j][which][nb][2 * hh + 1] = x.y;
+                    st_bf16x2(Xb + (which * K + r) * ldv + c, x.x, x.y);
+                }
+        }
+    }
+}
+// write the registers' state to dst_a / dst_b ([..][K][V] float32 rows at row base `rowbase`)
+template <int VT, int SPW>
+__device__ __forceinline__ void fast_state_store(float (*st)[2][FastTiling<VT>::NBU][4], const Dims &d,
+                                                 size_t rowbase_a, size_t rowbase_b, int v0, float *dst_a,
+                                                 float *dst_b) {
+    constexpr int NBU = FastTiling<VT>::NBU, NSN = FastTiling<VT>::NSN;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int nU = (d.K / 16) * NSN;
+#pragma unroll
+    for (int j = 0; j < SPW; j++) {
+        const int s = warp + 8 * j;
+        if (s >= nU) break;
+        const int m0 = (s / NSN) * 16, n0 = (s % NSN) * 8 * NBU;
+#pragma unroll
+        for (int which = 0; which < 2; which++) {
+            float *dst = which ? dst_b : dst_a;
+            if (!dst) continue;
+            const size_t rb = which ? rowbase_b : rowbase_a;
+#pragma unroll
+            for (int nb = 0; nb < NBU; nb++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int r = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
+                    *reinterpret_cast<float2 *>(dst + (rb + r) * d.V + v0 + c) =
+                        make_float2(st[j][which][nb][2 * hh], st[j][which][nb][2 * hh + 1]);
+                }
+        }
+    }
+}
+
+// Forward state pass (bf16). STORE as mdn_state_fwd_kernel (Xall float32 per chunk, Uall bf16).
+template <int VT, int SPW, bool STORE>
+__global__ void __launch_bounds__(NTHREADS, 2)
+    mdn_state_fwd_fast_kernel(Dims d, const bf16 *q, const bf16 *k, const bf16 *v, const float *S0, const float *M0,
+                              const float *vec, const bf16 *Tinv, const bf16 *QKG, bf16 *o, float *S_final,
+                              float *M_final, float *Xall, bf16 *Uall) {
+    extern __shared__ __align__(16) char smem[];
+    FastSmem s;
+    carve_fast(s, smem, d.K, VT, STORE ? FAST_STORE : FAST_FWD);
+    constexpr int NBL = FastTiling<VT>::NBL, NBU = FastTiling<VT>::NBU, NSN = FastTiling<VT>::NSN;
+    const int bh = blockIdx.y, h = bh % d.H, b = bh / d.H, v0 = blockIdx.x * VT, tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int K = d.K, ldk = K + 8, ldl = CH + 8, ldv = VT + 8, nU = (K / 16) * NSN;
+    bf16 *Rb = s.W[0], *Ub = s.W[1], *Ug = s.W[2], *Uh = s.W[3];
+    const float *sc = s.sc;
+    const size_t hstride = (size_t)d.H * K;
+
+    float st[SPW][2][NBU][4];
+    fast_state_load<VT, SPW>(st, d, bh, v0, S0, M0, s.Xb);
+    auto issue = [&](int n, bool kq_only_k, bool rest) {
+        const int t0 = n * CH, rows_valid = min(CH, d.T - t0);
+        const size_t base = ((size_t)b * d.T + t0) * d.H + h, mo = (size_t)(bh * d.NC + n) * CH * CH;
+        if (kq_only_k) async_rows(s.Kh, ldk, k + base * K, hstride, CH, K, rows_valid);
+        if (rest) {
+            if (!STORE) async_rows(s.Qh, ldk, q + base * K, hstride, CH, K, rows_valid);
+            async_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH);
+            if (!STORE) async_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH);
+        }
+    };
+    issue(0, true, true);
+    for (int n = 0; n < d.NC; n++) {
+        const int bhc = bh * d.NC + n, t0 = n * CH;
+        const float *vi = vec + (size_t)bhc * NVEC * CH;
+        if (STORE) fast_state_store<VT, SPW>(st, d, (size_t)bhc * 2 * K, (size_t)bhc * 2 * K + K, v0, Xall, Xall);
+        fast_row_factors(s.sc, d, vi);
+        const float aL = vi[VEC_A * CH + CH - 1], bL = vi[VEC_B * CH + CH - 1], mL = vi[VEC_M * CH + CH - 1];
+        cp_async_wait_all();
+        __syncthreads();   // operands, row factors and Xb of the previous update visible
+        // R = V + PA1 o (Kh S0) + PA2 o (Kh M0)   (4 x 2 strips of 16 x VT/2, one per warp)
+        {
+            const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
+            float c1[NBL][4] = {}, c2[NBL][4] = {};
+            mma_strip<NBL, false, 2>(c1, c2, s.Kh, ldk, s.Xb, s.Xb + K * ldv, ldv, m0, n0, K);
+#pragma unroll
+            for (int nb = 0; nb < NBL; nb++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int i = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
+                    float2 vv = make_float2(0.f, 0.f);
+                    if (t0 + i < d.T)
+                        vv = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(
+                            v + (((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c));
+                    const float p1 = sc[SC_PA1 * CH + i], p2 = sc[SC_PA2 * CH + i];
+                    st_bf16x2(Rb + i * ldv + c, vv.x + p1 * c1[nb][2 * hh] + p2 * c2[nb][2 * hh],
+                              vv.y + p1 * c1[nb][2 * hh + 1] + p2 * c2[nb][2 * hh + 1]);
+                }
+        }
+        __syncthreads();
+        // U = T^-1 R; the update's operands g o U, h o U (row factors KK1, KK2)
+        {
+            const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
+            float c1[NBL][4] = {};
+            mma_strip<NBL, false, 1>(c1, c1, s.Ti, ldl, Rb, Rb, ldv, m0, n0, CH);
+#pragma unroll
+            for (int nb = 0; nb < NBL; nb++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int i = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
+                    const float x = c1[nb][2 * hh], y = c1[nb][2 * hh + 1];
+                    const float k1 = sc[SC_KK1 * CH + i], k2 = sc[SC_KK2 * CH + i];
+                    st_bf16x2(Ub + i * ldv + c, x, y);
+                    st_bf16x2(Ug + i * ldv + c, k1 * x, k1 * y);
+                    st_bf16x2(Uh + i * ldv + c, k2 * x, k2 * y);
+                    if (STORE) st_bf16x2(Uall + ((size_t)bhc * CH + i) * d.V + v0 + c, x, y);
+                }
+        }
+        __syncthreads();
+        if (!STORE) {
+            // O = QA1 o (Qh S0) + QA2 o (Qh M0) + QKG U
+            const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
+            float c1[NBL][4] = {}, c2[NBL][4] = {};
+            mma_strip<NBL, false, 2>(c1, c2, s.Qh, ldk, s.Xb, s.Xb + K * ldv, ldv, m0, n0, K);
+#pragma unroll
+            for (int nb = 0; nb < NBL; nb++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int i = m0 + g + 8 * (e >> 1);
+                    c1[nb][e] = sc[SC_QA1 * CH + i] * c1[nb][e] + sc[SC_QA2 * CH + i] * c2[nb][e];
+                }
+            mma_strip<NBL, false, 1>(c1, c1, s.QG, ldl, Ub, Ub, ldv, m0, n0, CH);
+#pragma unroll
+            for (int nb = 0; nb < NBL; nb++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int i = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
+                    if (t0 + i < d.T)
+                        st_bf16x2(o + (((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c, c1[nb][2 * hh],
+                                  c1[nb][2 * hh + 1]);
+                }
+            __syncthreads();   // Xb, Qh, QG, T^-1 read for the last time in this chunk
+        }
+        if (n + 1 < d.NC) issue(n + 1, false, true);
+        // X1 = D X0 + Kh^T [g o U, h o U], in the registers; then the bf16 copy
+#pragma unroll
+        for (int j = 0; j < SPW; j++) {
+            const int sidx = warp + 8 * j;
+            if (sidx >= nU) break;
+            const int m0 = (sidx / NSN) * 16, n0 = (sidx % NSN) * 8 * NBU;
+#pragma unroll
+            for (int nb = 0; nb < NBU; nb++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float S = st[j][0][nb][e], M = st[j][1][nb][e];
+                    st[j][0][nb][e] = aL * S - bL * M;
+                    st[j][1][nb][e] = mL * M;
+                }
+            mma_strip<NBU, true, 2>(st[j][0], st[j][1], s.Kh, ldk, Ug, Uh, ldv, m0, n0, CH);
+#pragma unroll
+            for (int which = 0; which < 2; which++)
+#pragma unroll
+                for (int nb = 0; nb < NBU; nb++)
+#pragma unroll
+                    for (int hh = 0; hh < 2; hh++) {
+                        const int r = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
+                        st_bf16x2(s.Xb + (which * K + r) * ldv + c, st[j][which][nb][2 * hh],
+                                  st[j][which][nb][2 * hh + 1]);
+                    }
+        }
+        __syncthreads();   // Kh, Ug, Uh read; Xb complete
+        if (n + 1 < d.NC) issue(n + 1, true, false);
+    }
+    fast_state_store<VT, SPW>(st, d, (size_t)bh * K, (size_t)bh * K, v0, S_final, M_final);
+}
+
+// Reverse state pass (bf16), as mdn_state_bwd_kernel.
+template <int VT, int SPW>
+__global__ void __launch_bounds__(NTHREADS, 2)
+    mdn_state_bwd_fast_kernel(Dims d, const bf16 *q, const bf16 *k, const bf16 *d_o, const float *dS_final,
+                              const float *dM_final, const float *vec, const bf16 *Tinv, const bf16 *QKG, bf16 *G_out,
+                              float *dXall, float *dS0, float *dM0) {
+    extern __shared__ __align__(16) char smem[];
+    FastSmem s;
+    carve_fast(s, smem, d.K, VT, FAST_BWD);
+    constexpr int NBL = FastTiling<VT>::NBL, NBU = FastTiling<VT>::NBU, NSN = FastTiling<VT>::NSN;
+    const int bh = blockIdx.y, h = bh % d.H, b = bh / d.H, v0 = blockIdx.x * VT, tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int K = d.K, ldk = K + 8, ldl = CH + 8, ldv = VT + 8, nU = (K / 16) * NSN;
+    bf16 *dOs = s.W[0], *dOq1 = s.W[1], *dOq2 = s.W[2], *dUb = s.W[3], *Gp1 = s.W[4], *Gp2 = s.W[5];
+    const float *sc = s.sc;
+    const size_t hstride = (size_t)d.H * K;
+
+    float st[SPW][2][NBU][4];
+    fast_state_load<VT, SPW>(st, d, bh, v0, dS_final, dM_final, s.Xb);
+    auto issue = [&](int n, bool kq, bool rest) {
+        const int t0 = n * CH, rows_valid = min(CH, d.T - t0);
+        const size_t base = ((size_t)b * d.T + t0) * d.H + h, mo = (size_t)(bh * d.NC + n) * CH * CH;
+        if (kq) {
+            async_rows(s.Kh, ldk, k + base * K, hstride, CH, K, rows_valid);
+            async_rows(s.Qh, ldk, q + base * K, hstride, CH, K, rows_valid);
+        }
+        if (rest) {
+            async_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH);
+            async_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH);
+            async_rows(dOs, ldv, d_o + base * d.V + v0, (size_t)d.H * d.V, CH, VT, rows_valid);
+        }
+    };
+    issue(d.NC - 1, true, true);
+    for (int n = d.NC - 1; n >= 0; n--) {
+        const int bhc = bh * d.NC + n, t0 = n * CH;
+        const float *vi = vec + (size_t)bhc * NVEC * CH;
+        fast_state_store<VT, SPW>(st, d, (size_t)bhc * 2 * K, (size_t)bhc * 2 * K + K, v0, dXall, dXall);
+        fast_row_factors(s.sc, d, vi);
+        const float aL = vi[VEC_A * CH + CH - 1], bL = vi[VEC_B * CH + CH - 1], mL = vi[VEC_M * CH + CH - 1];
+        cp_async_wait_all();
+        __syncthreads();
+        // dU = KK1 o (Kh dS1) + KK2 o (Kh dM1) + QKG^T dO; the update's operands (a qs) o dO, (-b qs) o dO
+        {
+            const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
+            float c1[NBL][4] = {}, c2[NBL][4] = {};
+            mma_strip<NBL, false, 2>(c1, c2, s.Kh, ldk, s.Xb, s.Xb + K * ldv, ldv, m0, n0, K);
+#pragma unroll
+            for (int nb = 0; nb < NBL; nb++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int i = m0 + g + 8 * (e >> 1);
+                    c1[nb][e] = sc[SC_KK1 * CH + i] * c1[nb][e] + sc[SC_KK2 * CH + i] * c2[nb][e];
+                }
+            mma_strip<NBL, true, 1>(c1, c1, s.QG, ldl, dOs, dOs, ldv, m0, n0, CH);
+#pragma unroll
+            for (int nb = 0; nb < NBL; nb++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int i = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
+                    st_bf16x2(dUb + i * ldv + c, c1[nb][2 * hh], c1[nb][2 * hh + 1]);
+                    const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(dOs + i * ldv + c));
+                    const float q1 = sc[SC_QA1 * CH + i], q2 = sc[SC_QA2 * CH + i];
+                    st_bf16x2(dOq1 + i * ldv + c, q1 * x.x, q1 * x.y);
+                    st_bf16x2(dOq2 + i * ldv + c, q2 * x.x, q2 * x.y);
+                }
+        }
+        __syncthreads();
+        // G = T^-T dU (= dv); the update's operands PA1 o G, PA2 o G
+        {
+            const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
+            float c1[NBL][4] = {};
+            mma_strip<NBL, true, 1>(c1, c1, s.Ti, ldl, dUb, dUb, ldv, m0, n0, CH);
+#pragma unroll
+            for (int nb = 0; nb < NBL; nb++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int i = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
+                    const float x = c1[nb][2 * hh], y = c1[nb][2 * hh + 1];
+                    const float p1 = sc[SC_PA1 * CH + i], p2 = sc[SC_PA2 * CH + i];
+                    if (t0 + i < d.T) st_bf16x2(G_out + (((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c, x, y);
+                    st_bf16x2(Gp1 + i * ldv + c, p1 * x, p1 * y);
+                    st_bf16x2(Gp2 + i * ldv + c, p2 * x, p2 * y);
+                }
+        }
+        __syncthreads();   // T^-1, QKG, d_o, Xb read for the last time in this chunk
+        if (n > 0) issue(n - 1, false, true);
+        // dS0 = a_L dS1 + Qh^T (QA1 o dO) + Kh^T (PA1 o G); dM0 = -b_L dS1 + m_L dM1 + Qh^T (QA2 o dO) + Kh^T (PA2 o G)
+#pragma unroll
+        for (int j = 0; j < SPW; j++) {
+            const int sidx = warp + 8 * j;
+            if (sidx >= nU) break;
+            const int m0 = (sidx / NSN) * 16, n0 = (sidx % NSN) * 8 * NBU;
+#pragma unroll
+            for (int nb = 0; nb < NBU; nb++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float S = st[j][0][nb][e], M = st[j][1][nb][e];
+                    st[j][0][nb][e] = aL * S;
+                    st[j][1][nb][e] = -bL * S + mL * M;
+                }
+            mma_strip<NBU, true, 2>(st[j][0], st[j][1], s.Qh, ldk, dOq1, dOq2, ldv, m0, n0, CH);
+            mma_strip<NBU, true, 2>(st[j][0], st[j][1], s.Kh, ldk, Gp1, Gp2, ldv, m0, n0, CH);
+#pragma unroll
+            for (int which = 0; which < 2; which++)
+#pragma unroll
+                for (int nb = 0; nb < NBU; nb++)
+#pragma unroll
+                    for (int hh = 0; hh < 2; hh++) {
+                        const int r = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
+                        st_bf16x2(s.Xb + (which * K + r) * ldv + c, st[j][which][nb][2 * hh],
+                                  st[j][which][nb][2 * hh + 1]);
+                    }
+        }
+        __syncthreads();   // Kh, Qh read; Xb complete
+        if (n > 0) issue(n - 1, true, false);
+    }
+    fast_state_store<VT, SPW>(st, d, (size_t)bh * K, (size_t)bh * K, v0, dS0, dM0);
+}
+
+// ------------------------------------------------------------------------------------------------
 // backward, products over V: one CTA per (b,h,chunk) and KT key columns; the last CTA of each
 // chunk (blockIdx.x == nKt) forms the L x L products F1 = dO U^T and F2 = G U^T
 // ------------------------------------------------------------------------------------------------
@@ -1125,7 +1587,9 @@ const char *mdn_cuda_check_shape(const MdnCudaShape *sh) {
 
 struct Plan {
     Dims d;
-    int vt_bwd;   // V tile of the reverse state pass (d.Vt: the forward passes)
+    bool fast;    // bf16 state passes of v7 (MDN_CUDA_STATE_V6=1 in the environment: v6's, for timing)
+    int vt_store; // V tile of the backward's recompute pass
+    int vt_bwd;   // V tile of the reverse state pass (d.Vt: the forward pass)
     int KT, nKt, Vc, KS;
     size_t esize;
     size_t vec, tinv, qkg, fwd_total;                          // forward workspace
@@ -1142,7 +1606,19 @@ template <typename T> static size_t state_smem(int K, int Vt, bool with_tile) {
 // V tile of a state pass: among the tiles that divide V, keep the float32 state block [2K x Vt]
 // at most 64 KB and fit in shared memory, the one with the fewest rounds of CTAs over the SMs,
 // weighing a round by its tile width plus a fixed per-chunk cost (the chunk's operand loads)
-static int pick_vt(const MdnCudaShape *sh, bool with_tile) {
+// state strips per warp of the v7 kernels (1 or 2: pick_vt keeps K * Vt <= 8192)
+static int fast_strips_per_warp(int K, int Vt) {
+    const int nbu = Vt >= 32 ? 4 : 2, strips = (K / 16) * (Vt / (8 * nbu));
+    return strips > 8 ? 2 : 1;
+}
+static size_t fast_smem(int K, int Vt, int mode) {
+    FastSmem s;
+    return carve_fast(s, nullptr, K, Vt, mode);
+}
+
+// mode: FAST_FWD, FAST_STORE or FAST_BWD; fast: the v7 bf16 kernels (else v6's)
+static int pick_vt(const MdnCudaShape *sh, int mode, bool fast) {
+    const bool with_tile = mode == FAST_BWD;
     static int num_sms = 0;
     if (num_sms == 0) {
         int dev = 0;
@@ -1155,8 +1631,9 @@ static int pick_vt(const MdnCudaShape *sh, bool with_tile) {
     double best_cost = 1e30;
     for (int vt = 64; vt >= 16; vt /= 2) {
         if (sh->V % vt != 0 || 2 * sh->K * vt > 16384) continue;
-        const size_t smem = sh->dtype == MDN_DTYPE_BF16 ? state_smem<__nv_bfloat16>(sh->K, vt, with_tile)
-                                                        : state_smem<float>(sh->K, vt, with_tile);
+        const size_t smem = fast ? fast_smem(sh->K, vt, mode)
+                            : sh->dtype == MDN_DTYPE_BF16 ? state_smem<__nv_bfloat16>(sh->K, vt, with_tile)
+                                                          : state_smem<float>(sh->K, vt, with_tile);
         if (smem > 227 * 1024) continue;
         const long per_sm = (long)(sm_smem / (smem + block_reserved));
         const long ctas = (long)sh->B * sh->H * (sh->V / vt);
@@ -1178,8 +1655,11 @@ static Plan make_plan(const MdnCudaShape *sh) {
     p.esize = bf ? 2 : 4;
     // V tile of the state passes: the float32 state block [2K x Vt] at most 64 KB, within the
     // shared-memory limit, and dividing V
-    d.Vt = pick_vt(sh, false);
-    p.vt_bwd = pick_vt(sh, true);
+    const char *v6 = getenv("MDN_CUDA_STATE_V6");
+    p.fast = bf && !(v6 && v6[0] == '1');
+    d.Vt = pick_vt(sh, FAST_FWD, p.fast);
+    p.vt_store = pick_vt(sh, FAST_STORE, p.fast);
+    p.vt_bwd = pick_vt(sh, FAST_BWD, p.fast);
     p.KT = sh->K % 32 == 0 ? 32 : 16;
     p.nKt = sh->K / p.KT;
     p.Vc = sh->V < 64 ? sh->V : 64;
@@ -1222,6 +1702,46 @@ static cudaError_t launch(Kern kern, dim3 grid, size_t smem, cudaStream_t stream
     return cudaGetLastError();
 }
 
+template <int VT, int SPW>
+static cudaError_t state_fwd_fast_vt(const Plan &p, const MdnCudaInputs *in, char *ws, bool store, bf16 *o,
+                                     float *S_final, float *M_final, cudaStream_t stream) {
+    const Dims &d = p.d;
+    const float *vec = (const float *)(ws + p.vec);
+    const bf16 *tinv = (const bf16 *)(ws + p.tinv), *qkg = (const bf16 *)(ws + p.qkg);
+    const dim3 grid(d.V / VT, d.B * d.H);
+    if (store)
+        return launch(mdn_state_fwd_fast_kernel<VT, SPW, true>, grid, fast_smem(d.K, VT, FAST_STORE), stream, d,
+                      (const bf16 *)in->q, (const bf16 *)in->k, (const bf16 *)in->v, in->S0, in->M0, vec, tinv, qkg,
+                      (bf16 *)nullptr, (float *)nullptr, (float *)nullptr, (float *)(ws + p.x), (bf16 *)(ws + p.u));
+    return launch(mdn_state_fwd_fast_kernel<VT, SPW, false>, grid, fast_smem(d.K, VT, FAST_FWD), stream, d,
+                  (const bf16 *)in->q, (const bf16 *)in->k, (const bf16 *)in->v, in->S0, in->M0, vec, tinv, qkg, o,
+                  S_final, M_final, (float *)nullptr, (bf16 *)nullptr);
+}
+static cudaError_t state_fwd_fast(const Plan &p, const MdnCudaInputs *in, char *ws, bool store, bf16 *o,
+                                  float *S_final, float *M_final, cudaStream_t stream) {
+    const int vt = store ? p.vt_store : p.d.Vt;
+    Plan q = p;
+    q.d.Vt = vt;
+    const bool two = fast_strips_per_warp(p.d.K, vt) == 2;
+    if (vt == 64)
+        return two ? state_fwd_fast_vt<64, 2>(q, in, ws, store, o, S_final, M_final, stream)
+                   : state_fwd_fast_vt<64, 1>(q, in, ws, store, o, S_final, M_final, stream);
+    if (vt == 32)
+        return two ? state_fwd_fast_vt<32, 2>(q, in, ws, store, o, S_final, M_final, stream)
+                   : state_fwd_fast_vt<32, 1>(q, in, ws, store, o, S_final, M_final, stream);
+    return two ? state_fwd_fast_vt<16, 2>(q, in, ws, store, o, S_final, M_final, stream)
+               : state_fwd_fast_vt<16, 1>(q, in, ws, store, o, S_final, M_final, stream);
+}
+template <int VT, int SPW>
+static cudaError_t state_bwd_fast_vt(const Plan &p, const MdnCudaInputs *in, const bf16 *d_o, const float *dS_final,
+                                     const float *dM_final, bf16 *G, MdnCudaGrads *gr, char *ws, cudaStream_t stream) {
+    Dims d = p.d;
+    d.Vt = VT;
+    return launch(mdn_state_bwd_fast_kernel<VT, SPW>, dim3(d.V / VT, d.B * d.H), fast_smem(d.K, VT, FAST_BWD), stream, d,
+                  (const bf16 *)in->q, (const bf16 *)in->k, d_o, dS_final, dM_final, (const float *)(ws + p.vec),
+                  (const bf16 *)(ws + p.tinv), (const bf16 *)(ws + p.qkg), G, (float *)(ws + p.dx), gr->dS0, gr->dM0);
+}
+
 template <typename T>
 static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, char *ws, bool store, T *o,
                                      float *S_final, float *M_final, cudaStream_t stream) {
@@ -1234,6 +1754,8 @@ static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, cha
     cudaError_t err = launch(mdn_prepare_kernel<T>, dim3(nbhc), prep_smem, stream, d, (const T *)in->q,
                              (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, tinv, qkg);
     if (err != cudaSuccess) return err;
+    if constexpr (std::is_same<T, bf16>::value)
+        if (p.fast) return state_fwd_fast(p, in, ws, store, o, S_final, M_final, stream);
     const dim3 grid(d.V / d.Vt, d.B * d.H);
     const size_t smem = state_smem<T>(d.K, d.Vt, false);
     if (store)
@@ -1267,7 +1789,21 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
     T *G = gr->dv ? (T *)gr->dv : (T *)(ws + p.g);
     Dims db = d;
     db.Vt = p.vt_bwd;
-    err = launch(mdn_state_bwd_kernel<T>, dim3(d.V / db.Vt, d.B * d.H), state_smem<T>(d.K, db.Vt, true), stream, db,
+    if constexpr (std::is_same<T, bf16>::value) {
+        if (p.fast) {
+            const bool two = fast_strips_per_warp(d.K, p.vt_bwd) == 2;
+            if (p.vt_bwd == 64)
+                err = two ? state_bwd_fast_vt<64, 2>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream)
+                          : state_bwd_fast_vt<64, 1>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream);
+            else if (p.vt_bwd == 32)
+                err = two ? state_bwd_fast_vt<32, 2>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream)
+                          : state_bwd_fast_vt<32, 1>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream);
+            else
+                err = two ? state_bwd_fast_vt<16, 2>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream)
+                          : state_bwd_fast_vt<16, 1>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream);
+        }
+    }
+    if (!p.fast) err = launch(mdn_state_bwd_kernel<T>, dim3(d.V / db.Vt, d.B * d.H), state_smem<T>(d.K, db.Vt, true), stream, db,
                  (const T *)in->q, (const T *)in->k, d_o, dS_final, dM_final, vec, tinv, qkg, G, (float *)(ws + p.dx),
                  gr->dS0, gr->dM0);
     if (err != cudaSuccess) return err;
