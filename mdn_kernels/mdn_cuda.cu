@@ -12,6 +12,7 @@
 //   prepare     one CTA per (b,h,chunk): gates -> Gamma, b, T^-1, QKG and the per-row factors.
 //   state_fwd   one CTA per (b,h,V tile): walks the chunks with X in shared memory (float32);
 //               writes O, or (backward recompute) each chunk's X0 and U.
+//               In bf16 the *_fast kernels (v7, below the float32 ones) hold X in registers.
 //   state_bwd   one CTA per (b,h,V tile), chunks in reverse, carrying dX = [dS; dM]:
 //               dU = KK dX1 + QKG^T dO; G = T^-T dU (= dv); dX0 = D^T dX1 + Qab^T dO + Pab^T G;
 //               stores each chunk's dX1.
