@@ -21,6 +21,15 @@ template <typename T, int W, bool backward> struct ConvVec {
     static constexpr int n = bytes / sizeof(T) > 0 ? bytes / sizeof(T) : 1;
 };
 
+// the raw N values at p (one access), and their conversion: loads are issued a step ahead
+template <int N, typename T> __device__ __forceinline__ Packed<T, N> load_packed(const T *p) {
+    return *reinterpret_cast<const Packed<T, N> *>(p);
+}
+template <int N, typename T> __device__ __forceinline__ void unpack(float *out, const Packed<T, N> &x) {
+#pragma unroll
+    for (int i = 0; i < N; i++) out[i] = to_float(x.v[i]);
+}
+
 // the tile'th tile of CONV_TILE steps (tiles numbered sequence by sequence): flat rows [r0, r0 + len)
 __device__ __forceinline__ void conv_tile(int tile, int Tlen, int *r0, int *t0, int *len) {
     int tiles_per_seq = (Tlen + CONV_TILE - 1) / CONV_TILE;
@@ -52,12 +61,15 @@ __global__ void __launch_bounds__(32 * CONV_WARPS) shortconv_silu_forward_kernel
 #pragma unroll
             for (int k = 0; k < N; k++) x[i + 1][k] = 0.0f;
     }
+    Packed<T, N> next = load_packed<N>(inp + (size_t)r0 * in_stride + c0);
     for (int s = 0; s < len; s++) {
+        Packed<T, N> cur = next;
+        if (s + 1 < len) next = load_packed<N>(inp + (size_t)(r0 + s + 1) * in_stride + c0);
 #pragma unroll
         for (int i = 0; i < W - 1; i++)
 #pragma unroll
             for (int k = 0; k < N; k++) x[i][k] = x[i + 1][k];
-        load_floats<N>(x[W - 1], inp + (size_t)(r0 + s) * in_stride + c0);
+        unpack<N>(x[W - 1], cur);
         float y[N];
 #pragma unroll
         for (int k = 0; k < N; k++) {
@@ -105,7 +117,14 @@ __global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_backward_ke
             }
             // steps u = t0 .. t0+len+W-2: dz at u; dinp at u−(W−1) once the window holds dz[u−W+1 .. u]
             int u_end = min(Tlen, t0 + len + W - 1);
+            Packed<T, N> x_next = load_packed<N>(xb + (size_t)t0 * in_stride);
+            Packed<T, N> g_next = load_packed<N>(dout + (size_t)r0 * C + c0);
             for (int u = t0; u < t0 + len + W - 1; u++) {
+                Packed<T, N> x_cur = x_next, g_cur = g_next;
+                if (u + 1 < u_end) {
+                    x_next = load_packed<N>(xb + (size_t)(u + 1) * in_stride);
+                    g_next = load_packed<N>(dout + (size_t)(r0 - t0 + u + 1) * C + c0);
+                }
 #pragma unroll
                 for (int i = 0; i < W - 1; i++)
 #pragma unroll
@@ -114,9 +133,9 @@ __global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_backward_ke
                         dz[i][k] = dz[i + 1][k];
                     }
                 if (u < u_end) {
-                    load_floats<N>(x[W - 1], xb + (size_t)u * in_stride);
+                    unpack<N>(x[W - 1], x_cur);
                     float g[N];
-                    load_floats<N>(g, dout + (size_t)(r0 - t0 + u) * C + c0);
+                    unpack<N>(g, g_cur);
 #pragma unroll
                     for (int k = 0; k < N; k++) {
                         float z = 0.0f;

@@ -8,7 +8,8 @@
 
 // One block per row of logits [rows, N] (rows `ld` >= N values apart): losses[i] = logsumexp − logit[target] (0 without a
 // target, target < 0). If dloss != 0 the row is overwritten in place with
-// dloss·(softmax − onehot) (zeros without a target). logits_out (may be NULL) gets the float32
+// dloss·(softmax − onehot) (zeros without a target), and
+// its padding (values N..ld) with zeros. logits_out (may be NULL) gets the float32
 // logits before they are overwritten (tests, the reference-state writer).
 template <typename T>
 void crossentropy_forward_backward_cuda(float *losses, T *logits, int ld, float *logits_out, const int *targets,

@@ -29,6 +29,12 @@ template <typename T>
 void linear_backward_strided_cuda(T *dinp, float *dweight, const T *dout, int dout_ld, const T *inp, const T *weight,
                                   int rows, int in_dim, int out_dim, int accumulate_dinp, cudaStream_t stream);
 
+// weight [out_dim, in_dim] copied to an aligned buffer of padded_out_dim rows, the extra rows zero:
+// products with out_dim (or k) = 50257 ran at 84-119 TFLOP/s, padded to 50304 at the matmul units'
+// speed. The buffer belongs to linear.cu (one, reused by the next call; freed by linear_cuda_free).
+template <typename T>
+const T *linear_padded_weight_cuda(const T *weight, int out_dim, int padded_out_dim, int in_dim, cudaStream_t stream);
+
 // the cuBLASLt handle, workspace and plan cache are created on first use; this frees them
 void linear_cuda_free(void);
 
