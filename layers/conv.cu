@@ -30,6 +30,29 @@ template <int N, typename T> __device__ __forceinline__ void unpack(float *out, 
     for (int i = 0; i < N; i++) out[i] = to_float(x.v[i]);
 }
 
+// w[i][k] = weight[(c0 + k)·W + i]: the thread's N channels' taps are N·W consecutive floats, read
+// 16 bytes at a time when aligned (scalar reads, 128 bytes apart across the warp, cost more
+// load instructions than the thread's whole tile of activations)
+template <int N, int W> __device__ __forceinline__ void load_conv_weights(float (&w)[W][N], const float *weight,
+                                                                         int c0) {
+    const float *p = weight + (size_t)c0 * W;
+    if constexpr ((N * W) % 4 == 0) {
+        if ((uintptr_t)p % 16 == 0) {
+#pragma unroll
+            for (int j = 0; j < N * W; j += 4) {
+                float4 v = *reinterpret_cast<const float4 *>(p + j);
+                w[j % W][j / W] = v.x;
+                w[(j + 1) % W][(j + 1) / W] = v.y;
+                w[(j + 2) % W][(j + 2) / W] = v.z;
+                w[(j + 3) % W][(j + 3) / W] = v.w;
+            }
+            return;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < N * W; j++) w[j % W][j / W] = p[j];
+}
+
 // the tile'th tile of CONV_TILE steps (tiles numbered sequence by sequence): flat rows [r0, r0 + len)
 __device__ __forceinline__ void conv_tile(int tile, int Tlen, int *r0, int *t0, int *len) {
     int tiles_per_seq = (Tlen + CONV_TILE - 1) / CONV_TILE;
@@ -48,10 +71,7 @@ __global__ void __launch_bounds__(32 * CONV_WARPS) shortconv_silu_forward_kernel
     int r0, t0, len;
     conv_tile(tile, Tlen, &r0, &t0, &len);
     float w[W][N], x[W][N];   // x[W-1] is the newest step
-#pragma unroll
-    for (int i = 0; i < W; i++)
-#pragma unroll
-        for (int k = 0; k < N; k++) w[i][k] = weight[(c0 + k) * W + i];
+    load_conv_weights<N, W>(w, weight, c0);
     // the W−1 steps before the tile (zeros before the sequence's start)
 #pragma unroll
     for (int i = 0; i < W - 1; i++) {
@@ -96,10 +116,8 @@ __global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_backward_ke
 #pragma unroll
     for (int i = 0; i < W; i++)
 #pragma unroll
-        for (int k = 0; k < N; k++) {
-            w[i][k] = c0 < C ? weight[(c0 + k) * W + i] : 0.0f;
-            dw[i][k] = 0.0f;
-        }
+        for (int k = 0; k < N; k++) w[i][k] = dw[i][k] = 0.0f;
+    if (c0 < C) load_conv_weights<N, W>(w, weight, c0);
     if (c0 < C)
         for (int tile = part * tiles_per_part + threadIdx.y; tile < tile_end; tile += CONV_WARPS) {
             int r0, t0, len;
