@@ -27,6 +27,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <type_traits>
 
@@ -859,11 +860,12 @@ __device__ __forceinline__ void fast_state_load(float (*st)[2][FastTiling<VT>::N
         }
     }
 }
-// write the registers' state to dst_a / dst_b ([..][K][V] float32 rows at row base `rowbase`)
-template <int VT, int SPW>
+// write the registers' state to dst_a / dst_b ([..][K][V] rows at row base `rowbase`, float32, or
+// bf16 for the backward's per-chunk states)
+template <int VT, int SPW, typename DT>
 __device__ __forceinline__ void fast_state_store(float (*st)[2][FastTiling<VT>::NBU][4], const Dims &d,
-                                                 size_t rowbase_a, size_t rowbase_b, int v0, float *dst_a,
-                                                 float *dst_b) {
+                                                 size_t rowbase_a, size_t rowbase_b, int v0, DT *dst_a,
+                                                 DT *dst_b) {
     constexpr int NBU = FastTiling<VT>::NBU, NSN = FastTiling<VT>::NSN;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int nU = (d.K / 16) * NSN;
@@ -874,7 +876,7 @@ __device__ __forceinline__ void fast_state_store(float (*st)[2][FastTiling<VT>::
         const int m0 = (s / NSN) * 16, n0 = (s % NSN) * 8 * NBU;
 #pragma unroll
         for (int which = 0; which < 2; which++) {
-            float *dst = which ? dst_b : dst_a;
+            DT *dst = which ? dst_b : dst_a;
             if (!dst) continue;
             const size_t rb = which ? rowbase_b : rowbase_a;
 #pragma unroll
@@ -882,19 +884,23 @@ __device__ __forceinline__ void fast_state_store(float (*st)[2][FastTiling<VT>::
 #pragma unroll
                 for (int hh = 0; hh < 2; hh++) {
                     const int r = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
-                    *reinterpret_cast<float2 *>(dst + (rb + r) * d.V + v0 + c) =
-                        make_float2(st[j][which][nb][2 * hh], st[j][which][nb][2 * hh + 1]);
+                    if constexpr (std::is_same<DT, float>::value)
+                        *reinterpret_cast<float2 *>(dst + (rb + r) * d.V + v0 + c) =
+                            make_float2(st[j][which][nb][2 * hh], st[j][which][nb][2 * hh + 1]);
+                    else
+                        st_bf16x2(dst + (rb + r) * d.V + v0 + c, st[j][which][nb][2 * hh], st[j][which][nb][2 * hh + 1]);
                 }
         }
     }
 }
 
-// Forward state pass (bf16). STORE as mdn_state_fwd_kernel (Xall float32 per chunk, Uall bf16).
-template <int VT, int SPW, bool STORE>
+// Forward state pass (bf16). STORE as mdn_state_fwd_kernel (Xall per chunk in XT: bf16 for the v8
+// state gradients, float32 for v7's; Uall bf16).
+template <int VT, int SPW, bool STORE, typename XT>
 __global__ void __launch_bounds__(NTHREADS, 2)
     mdn_state_fwd_fast_kernel(Dims d, const bf16 *q, const bf16 *k, const bf16 *v, const float *S0, const float *M0,
                               const float *vec, const bf16 *Tinv, const bf16 *QKG, bf16 *o, float *S_final,
-                              float *M_final, float *Xall, bf16 *Uall) {
+                              float *M_final, XT *Xall, bf16 *Uall) {
     extern __shared__ __align__(16) char smem[];
     FastSmem s;
     carve_fast(s, smem, d.K, VT, STORE ? FAST_STORE : FAST_FWD);
@@ -1023,12 +1029,12 @@ __global__ void __launch_bounds__(NTHREADS, 2)
     fast_state_store<VT, SPW>(st, d, (size_t)bh * K, (size_t)bh * K, v0, S_final, M_final);
 }
 
-// Reverse state pass (bf16), as mdn_state_bwd_kernel.
-template <int VT, int SPW>
+// Reverse state pass (bf16), as mdn_state_bwd_kernel (dXall in XT as Xall above).
+template <int VT, int SPW, typename XT>
 __global__ void __launch_bounds__(NTHREADS, 2)
     mdn_state_bwd_fast_kernel(Dims d, const bf16 *q, const bf16 *k, const bf16 *d_o, const float *dS_final,
                               const float *dM_final, const float *vec, const bf16 *Tinv, const bf16 *QKG, bf16 *G_out,
-                              float *dXall, float *dS0, float *dM0) {
+                              XT *dXall, float *dS0, float *dM0) {
     extern __shared__ __align__(16) char smem[];
     FastSmem s;
     carve_fast(s, smem, d.K, VT, FAST_BWD);
@@ -1168,6 +1174,50 @@ template <typename T> __host__ __device__ size_t carve_grad(GradSmem<T> &s, char
     return cv.off;
 }
 
+// E1..E6 ([6][CH][KT+1] float32, shared) of key columns kt*KT.. of chunk bhc -> the partial
+// dqbar, dp, dkappa rows (gate factors applied) and the six row partial sums of the gate factors
+template <typename T, int KT>
+__device__ __forceinline__ void grads_combine(const Dims &d, const float *E, int bhc, int kt, int nKt, const T *q,
+                                              const T *k, const float *vec, float *dQst, float *dPst, float *dKst,
+                                              float *rowp) {
+    const int n = bhc % d.NC, bh = bhc / d.NC, h = bh % d.H, b = bh / d.H, t0 = n * CH, tid = threadIdx.x;
+    const int K = d.K, k0 = kt * KT, lde = KT + 1;
+    // combine: 4 threads per row i, each over every 4th column of the tile
+    const int i = tid >> 2, sub = tid & 3;
+    const float *vi = vec + (size_t)bhc * NVEC * CH;
+    const float a = vi[VEC_A * CH + i], bb = vi[VEC_B * CH + i];
+    const float aprev = i ? vi[VEC_A * CH + i - 1] : 1.f, bprev = i ? vi[VEC_B * CH + i - 1] : 0.f;
+    const float gg = vi[VEC_G * CH + i], hh = vi[VEC_H * CH + i], pa = vi[VEC_PA * CH + i], et = vi[VEC_ETA * CH + i];
+    const float qs = vi[VEC_RQ * CH + i] * d.qscale, rk = vi[VEC_RK * CH + i];
+    const bool valid = t0 + i < d.T;
+    const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K;
+    float r[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int cc = sub; cc < KT; cc += 4) {
+        const int kk = k0 + cc;
+        const float qb = valid ? to_f(q[rowbase + kk]) * qs : 0.f, kh = valid ? to_f(k[rowbase + kk]) * rk : 0.f;
+        const float e1 = E[0 * CH * lde + i * lde + cc], e2 = E[1 * CH * lde + i * lde + cc];
+        const float e3 = E[2 * CH * lde + i * lde + cc], e4 = E[3 * CH * lde + i * lde + cc];
+        const float e5 = E[4 * CH * lde + i * lde + cc], e6 = E[5 * CH * lde + i * lde + cc];
+        const size_t o = ((size_t)bhc * CH + i) * K + kk;
+        dQst[o] = a * e1 - bb * e2;
+        dPst[o] = -aprev * e3 + bprev * e4;
+        dKst[o] = gg * e5 - hh * e6;
+        r[RP_DA] += e1 * qb;
+        r[RP_DB] -= e2 * qb;
+        r[RP_DAP] -= e3 * pa * kh;
+        r[RP_DBP] += e4 * pa * kh;
+        r[RP_DG] += e5 * et * kh;
+        r[RP_DH] -= e6 * et * kh;
+    }
+#pragma unroll
+    for (int j = 0; j < NRP; j++) {
+        r[j] += __shfl_xor_sync(0xffffffffu, r[j], 1);
+        r[j] += __shfl_xor_sync(0xffffffffu, r[j], 2);
+    }
+    if (sub == 0)
+        for (int j = 0; j < NRP; j++) rowp[(((size_t)bhc * nKt + kt) * NRP + j) * CH + i] = r[j];
+}
+
 template <typename T, int KT>
 __global__ void __launch_bounds__(NTHREADS)
     mdn_bwd_state_grads_kernel(Dims d, int Vc, const T *q, const T *k, const T *d_o, const T *Gin, const T *Uall,
@@ -1300,40 +1350,202 @@ __global__ void __launch_bounds__(NTHREADS)
         for (int i = 0; i < NTHREADS; i++) sum += s.red[tid * NTHREADS + i];
         scal[((size_t)bhc * nKt + kt) * 3 + tid] = sum;
     }
-    // combine: 4 threads per row i, each over every 4th column of the tile
-    const int i = tid >> 2, sub = tid & 3;
-    const float *vi = vec + (size_t)bhc * NVEC * CH;
-    const float a = vi[VEC_A * CH + i], bb = vi[VEC_B * CH + i];
-    const float aprev = i ? vi[VEC_A * CH + i - 1] : 1.f, bprev = i ? vi[VEC_B * CH + i - 1] : 0.f;
-    const float gg = vi[VEC_G * CH + i], hh = vi[VEC_H * CH + i], pa = vi[VEC_PA * CH + i], et = vi[VEC_ETA * CH + i];
-    const float qs = vi[VEC_RQ * CH + i] * d.qscale, rk = vi[VEC_RK * CH + i];
-    const bool valid = t0 + i < d.T;
-    const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K;
-    float r[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int cc = sub; cc < KT; cc += 4) {
-        const int kk = k0 + cc;
-        const float qb = valid ? to_f(q[rowbase + kk]) * qs : 0.f, kh = valid ? to_f(k[rowbase + kk]) * rk : 0.f;
-        const float e1 = s.E[0 * CH * lde + i * lde + cc], e2 = s.E[1 * CH * lde + i * lde + cc];
-        const float e3 = s.E[2 * CH * lde + i * lde + cc], e4 = s.E[3 * CH * lde + i * lde + cc];
-        const float e5 = s.E[4 * CH * lde + i * lde + cc], e6 = s.E[5 * CH * lde + i * lde + cc];
-        const size_t o = ((size_t)bhc * CH + i) * K + kk;
-        dQst[o] = a * e1 - bb * e2;
-        dPst[o] = -aprev * e3 + bprev * e4;
-        dKst[o] = gg * e5 - hh * e6;
-        r[RP_DA] += e1 * qb;
-        r[RP_DB] -= e2 * qb;
-        r[RP_DAP] -= e3 * pa * kh;
-        r[RP_DBP] += e4 * pa * kh;
-        r[RP_DG] += e5 * et * kh;
-        r[RP_DH] -= e6 * et * kh;
-    }
+    grads_combine<T, KT>(d, s.E, bhc, kt, nKt, q, k, vec, dQst, dPst, dKst, rowp);
+}
+
+// bf16 (v8): the same products with every fragment by ldmatrix (all operands are stored with the
+// inner index V contiguous, so A and B both load untransposed), every operand by cp.async (the
+// per-chunk states are bf16: the state passes write them so, and the three end-of-chunk dot
+// products are taken here from those bf16 values in float32), and E aliasing the operand tiles
+// after the last product: ~55 KB of shared memory (v6 layout: ~100 KB, 2 CTAs per SM). Units of work per warp:
+// E-CTA: (pair, m-tile, 16 key columns) with both products of the pair sharing the A fragment;
+// F-CTA: (m-tile, 16 columns) with F1 and F2 sharing the U^T fragment.
+struct GradFastSmem {
+    bf16 *dO, *G, *U;            // [CH][Vc+8]
+    bf16 *S0, *M0, *dS1, *dM1;   // [KT][Vc+8]
+    float *E;                    // [6][CH][KT+1], aliases the above after the products
+    float *red;                  // [3][8] per-warp end-of-chunk dot products
+};
+__host__ __device__ inline size_t carve_grad_fast(GradFastSmem &s, char *base, int KT, int Vc) {
+    Carver cv{0, base};
+    const size_t ldv = Vc + 8;
+    bf16 **rows[] = {&s.dO, &s.G, &s.U};
+    for (int i = 0; i < 3; i++) *rows[i] = cv.take<bf16>(CH * ldv);
+    bf16 **sts[] = {&s.S0, &s.M0, &s.dS1, &s.dM1};
+    for (int i = 0; i < 4; i++) *sts[i] = cv.take<bf16>(KT * ldv);
+    Carver ce{0, base};
+    s.E = ce.take<float>((size_t)6 * CH * (KT + 1));
+    if (ce.off > cv.off) cv.off = ce.off;
+    s.red = cv.take<float>(3 * (NTHREADS / 32));
+    return cv.off;
+}
+// B fragments of the n-tiles n0 and n0+8 from P stored [N][ld] (B(k,n) = P[n*ld+k])
+__device__ __forceinline__ void frag_bn2(uint32_t b[4], const bf16 *P, int ld, int k0, int n0) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
+    ldsm_x4(b, P + (n0 + (mi >> 1) * 8 + rr) * ld + k0 + (mi & 1) * 8);
+}
+
+// 3 CTAs per SM (80 registers: 60 bytes of spills at KT 32) measured faster than 2 (120, none):
+// 400M 1.22 -> 1.10 ms, 1B 1.95 -> 1.73 ms
+template <int KT>
+__global__ void __launch_bounds__(NTHREADS, 3)
+    mdn_bwd_state_grads_fast_kernel(Dims d, int Vc, const bf16 *q, const bf16 *k, const bf16 *d_o, const bf16 *Gin,
+                                    const bf16 *Uall, const bf16 *Xall, const bf16 *dXall, const float *vec,
+                                    float *dQst, float *dPst, float *dKst, float *rowp, float *scal, float *F) {
+    extern __shared__ __align__(16) char smem[];
+    GradFastSmem s;
+    carve_grad_fast(s, smem, KT, Vc);
+    constexpr int NH = KT / 16, UPW = (3 * (CH / 16) * NH + 7) / 8;   // E units per warp (F: 2)
+    const int nKt = d.K / KT, kt = blockIdx.x, bhc = blockIdx.y, n = bhc % d.NC, bh = bhc / d.NC;
+    const int h = bh % d.H, b = bh / d.H, t0 = n * CH, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int K = d.K, k0 = kt * KT, ldv = Vc + 8;
+    const bool fcta = kt == nKt;
+    const int rows_valid = min(CH, d.T - t0);
+    const size_t base = ((size_t)b * d.T + t0) * d.H + h;
+
+    float acc[UPW > 2 ? UPW : 2][2][2][4];
 #pragma unroll
-    for (int j = 0; j < NRP; j++) {
-        r[j] += __shfl_xor_sync(0xffffffffu, r[j], 1);
-        r[j] += __shfl_xor_sync(0xffffffffu, r[j], 2);
+    for (int ui = 0; ui < (UPW > 2 ? UPW : 2); ui++)
+#pragma unroll
+        for (int w = 0; w < 2; w++)
+#pragma unroll
+            for (int nb = 0; nb < 2; nb++) acc[ui][w][nb][0] = acc[ui][w][nb][1] = acc[ui][w][nb][2] = acc[ui][w][nb][3] = 0.f;
+    float pss = 0.f, psm = 0.f, pmm = 0.f;
+
+    for (int v0 = 0; v0 < d.V; v0 += Vc) {
+        __syncthreads();   // the previous slice's products are done
+        async_rows(s.dO, ldv, d_o + base * d.V + v0, (size_t)d.H * d.V, CH, Vc, rows_valid);
+        async_rows(s.G, ldv, Gin + base * d.V + v0, (size_t)d.H * d.V, CH, Vc, rows_valid);
+        async_rows(s.U, ldv, Uall + (size_t)bhc * CH * d.V + v0, d.V, CH, Vc, CH);
+        if (!fcta) {
+            const size_t xs = ((size_t)bhc * 2 * K + k0) * d.V + v0, xm = xs + (size_t)K * d.V;
+            async_rows(s.S0, ldv, Xall + xs, d.V, KT, Vc, KT);
+            async_rows(s.M0, ldv, Xall + xm, d.V, KT, Vc, KT);
+            async_rows(s.dS1, ldv, dXall + xs, d.V, KT, Vc, KT);
+            async_rows(s.dM1, ldv, dXall + xm, d.V, KT, Vc, KT);
+        }
+        cp_async_wait_all();
+        __syncthreads();
+        if (!fcta) {
+            // the end-of-chunk dot products <dS1,S0>, <dS1,M0>, <dM1,M0> of the stored (bf16) states,
+            // in float32
+            for (int e = tid; e < KT * (Vc / 8); e += NTHREADS) {
+                const int r = e / (Vc / 8), so = r * ldv + (e - r * (Vc / 8)) * 8;
+                const uint4 us0 = *reinterpret_cast<const uint4 *>(s.S0 + so), um0 = *reinterpret_cast<const uint4 *>(s.M0 + so);
+                const uint4 uds = *reinterpret_cast<const uint4 *>(s.dS1 + so), udm = *reinterpret_cast<const uint4 *>(s.dM1 + so);
+                const __nv_bfloat162 *hs0 = reinterpret_cast<const __nv_bfloat162 *>(&us0);
+                const __nv_bfloat162 *hm0 = reinterpret_cast<const __nv_bfloat162 *>(&um0);
+                const __nv_bfloat162 *hds = reinterpret_cast<const __nv_bfloat162 *>(&uds);
+                const __nv_bfloat162 *hdm = reinterpret_cast<const __nv_bfloat162 *>(&udm);
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const float2 s0 = __bfloat1622float2(hs0[j]), m0 = __bfloat1622float2(hm0[j]);
+                    const float2 ds = __bfloat1622float2(hds[j]), dm = __bfloat1622float2(hdm[j]);
+                    pss = fmaf(ds.x, s0.x, fmaf(ds.y, s0.y, pss));
+                    psm = fmaf(ds.x, m0.x, fmaf(ds.y, m0.y, psm));
+                    pmm = fmaf(dm.x, m0.x, fmaf(dm.y, m0.y, pmm));
+                }
+            }
+            // unit u = warp + 8*ui: pair pr (dO: E1 E2, G: E3 E4, U: E5 E6), m-tile, 16 key columns
+#pragma unroll
+            for (int ui = 0; ui < UPW; ui++) {
+                const int u = warp + 8 * ui;
+                if (u >= 3 * (CH / 16) * NH) break;
+                const int pr = u / ((CH / 16) * NH), rem = u % ((CH / 16) * NH);
+                const int m0 = (rem / NH) * 16, n0 = (rem % NH) * 16;
+                const bf16 *A = pr == 0 ? s.dO : (pr == 1 ? s.G : s.U);
+                const bf16 *B1 = pr < 2 ? s.S0 : s.dS1, *B2 = pr < 2 ? s.M0 : s.dM1;
+#pragma unroll
+                for (int kk = 0; kk < 64; kk += 16) {
+                    if (kk >= Vc) break;
+                    uint32_t a[4], b1[4], b2[4];
+                    frag_a<false>(a, A, ldv, m0, kk);
+                    frag_bn2(b1, B1, ldv, kk, n0);
+                    frag_bn2(b2, B2, ldv, kk, n0);
+                    mma_bf16_16816(acc[ui][0][0], a[0], a[1], a[2], a[3], b1[0], b1[1]);
+                    mma_bf16_16816(acc[ui][0][1], a[0], a[1], a[2], a[3], b1[2], b1[3]);
+                    mma_bf16_16816(acc[ui][1][0], a[0], a[1], a[2], a[3], b2[0], b2[1]);
+                    mma_bf16_16816(acc[ui][1][1], a[0], a[1], a[2], a[3], b2[2], b2[3]);
+                }
+            }
+        } else {
+            // unit u = warp + 8*ui: m-tile and 16 columns of F1 = dO U^T and F2 = G U^T
+#pragma unroll
+            for (int ui = 0; ui < 2; ui++) {
+                const int u = warp + 8 * ui, m0 = (u >> 2) * 16, n0 = (u & 3) * 16;
+#pragma unroll
+                for (int kk = 0; kk < 64; kk += 16) {
+                    if (kk >= Vc) break;
+                    uint32_t a1[4], a2[4], bu[4];
+                    frag_a<false>(a1, s.dO, ldv, m0, kk);
+                    frag_a<false>(a2, s.G, ldv, m0, kk);
+                    frag_bn2(bu, s.U, ldv, kk, n0);
+                    mma_bf16_16816(acc[ui][0][0], a1[0], a1[1], a1[2], a1[3], bu[0], bu[1]);
+                    mma_bf16_16816(acc[ui][0][1], a1[0], a1[1], a1[2], a1[3], bu[2], bu[3]);
+                    mma_bf16_16816(acc[ui][1][0], a2[0], a2[1], a2[2], a2[3], bu[0], bu[1]);
+                    mma_bf16_16816(acc[ui][1][1], a2[0], a2[1], a2[2], a2[3], bu[2], bu[3]);
+                }
+            }
+        }
     }
-    if (sub == 0)
-        for (int j = 0; j < NRP; j++) rowp[(((size_t)bhc * nKt + kt) * NRP + j) * CH + i] = r[j];
+    const int g = lane >> 2, t = lane & 3;
+    if (fcta) {
+#pragma unroll
+        for (int ui = 0; ui < 2; ui++) {
+            const int u = warp + 8 * ui, m0 = (u >> 2) * 16, n0 = (u & 3) * 16;
+#pragma unroll
+            for (int which = 0; which < 2; which++) {
+                float *Fo = F + ((size_t)bhc * 2 + which) * CH * CH;
+#pragma unroll
+                for (int nb = 0; nb < 2; nb++) {
+                    const int col = n0 + 8 * nb + 2 * t;
+                    *reinterpret_cast<float2 *>(Fo + (m0 + g) * CH + col) = make_float2(acc[ui][which][nb][0], acc[ui][which][nb][1]);
+                    *reinterpret_cast<float2 *>(Fo + (m0 + g + 8) * CH + col) = make_float2(acc[ui][which][nb][2], acc[ui][which][nb][3]);
+                }
+            }
+        }
+        return;
+    }
+    // per-warp dot products (fixed shuffle tree), then a fixed-order sum over the warps: reproducible
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        pss += __shfl_xor_sync(0xffffffffu, pss, off);
+        psm += __shfl_xor_sync(0xffffffffu, psm, off);
+        pmm += __shfl_xor_sync(0xffffffffu, pmm, off);
+    }
+    if (lane == 0) {
+        s.red[warp] = pss;
+        s.red[8 + warp] = psm;
+        s.red[16 + warp] = pmm;
+    }
+    __syncthreads();   // every warp's products done: E may overwrite the operand tiles
+    const int lde = KT + 1;
+#pragma unroll
+    for (int ui = 0; ui < UPW; ui++) {
+        const int u = warp + 8 * ui;
+        if (u >= 3 * (CH / 16) * NH) break;
+        const int pr = u / ((CH / 16) * NH), rem = u % ((CH / 16) * NH);
+        const int m0 = (rem / NH) * 16, n0 = (rem % NH) * 16;
+#pragma unroll
+        for (int which = 0; which < 2; which++) {
+            float *E = s.E + (2 * pr + which) * CH * lde;
+#pragma unroll
+            for (int nb = 0; nb < 2; nb++) {
+                const int col = n0 + 8 * nb + 2 * t;
+                E[(m0 + g) * lde + col] = acc[ui][which][nb][0];
+                E[(m0 + g) * lde + col + 1] = acc[ui][which][nb][1];
+                E[(m0 + g + 8) * lde + col] = acc[ui][which][nb][2];
+                E[(m0 + g + 8) * lde + col + 1] = acc[ui][which][nb][3];
+            }
+        }
+    }
+    if (tid < 3) {
+        float sum = 0.f;
+        for (int w = 0; w < 8; w++) sum += s.red[tid * 8 + w];
+        scal[((size_t)bhc * nKt + kt) * 3 + tid] = sum;
+    }
+    __syncthreads();
+    grads_combine<bf16, KT>(d, s.E, bhc, kt, nKt, q, k, vec, dQst, dPst, dKst, rowp);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1589,6 +1801,7 @@ const char *mdn_cuda_check_shape(const MdnCudaShape *sh) {
 struct Plan {
     Dims d;
     bool fast;    // bf16 state passes of v7 (MDN_CUDA_STATE_V6=1 in the environment: v6's, for timing)
+    bool fast_grads; // bf16 bwd_state_grads of v8 (MDN_CUDA_GRADS_V7=1: the v6/v7 kernel, for timing)
     int vt_store; // V tile of the backward's recompute pass
     int vt_bwd;   // V tile of the reverse state pass (d.Vt: the forward pass)
     int KT, nKt, Vc, KS;
@@ -1658,6 +1871,8 @@ static Plan make_plan(const MdnCudaShape *sh) {
     // shared-memory limit, and dividing V
     const char *v6 = getenv("MDN_CUDA_STATE_V6");
     p.fast = bf && !(v6 && v6[0] == '1');
+    const char *g7 = getenv("MDN_CUDA_GRADS_V7");
+    p.fast_grads = p.fast && !(g7 && g7[0] == '1');
     d.Vt = pick_vt(sh, FAST_FWD, p.fast);
     p.vt_store = pick_vt(sh, FAST_STORE, p.fast);
     p.vt_bwd = pick_vt(sh, FAST_BWD, p.fast);
@@ -1671,8 +1886,9 @@ static Plan make_plan(const MdnCudaShape *sh) {
     p.tinv = off; off = align256(off + nbhc * CH * CH * p.esize);
     p.qkg = off; off = align256(off + nbhc * CH * CH * p.esize);
     p.fwd_total = off;
-    p.x = off; off = align256(off + nbhc * 2 * sh->K * sh->V * 4);
-    p.dx = off; off = align256(off + nbhc * 2 * sh->K * sh->V * 4);
+    const size_t xsize = p.fast_grads ? 2 : 4;   // per-chunk states: bf16 (v8) or float32
+    p.x = off; off = align256(off + nbhc * 2 * sh->K * sh->V * xsize);
+    p.dx = off; off = align256(off + nbhc * 2 * sh->K * sh->V * xsize);
     p.u = off; off = align256(off + nbhc * CH * sh->V * p.esize);
     p.g = off; off = align256(off + (size_t)sh->B * sh->T * sh->H * sh->V * p.esize);
     p.dqs = off; off = align256(off + nbhc * CH * sh->K * 4);
@@ -1710,11 +1926,15 @@ static cudaError_t state_fwd_fast_vt(const Plan &p, const MdnCudaInputs *in, cha
     const float *vec = (const float *)(ws + p.vec);
     const bf16 *tinv = (const bf16 *)(ws + p.tinv), *qkg = (const bf16 *)(ws + p.qkg);
     const dim3 grid(d.V / VT, d.B * d.H);
+    if (store && p.fast_grads)
+        return launch(mdn_state_fwd_fast_kernel<VT, SPW, true, bf16>, grid, fast_smem(d.K, VT, FAST_STORE), stream, d,
+                      (const bf16 *)in->q, (const bf16 *)in->k, (const bf16 *)in->v, in->S0, in->M0, vec, tinv, qkg,
+                      (bf16 *)nullptr, (float *)nullptr, (float *)nullptr, (bf16 *)(ws + p.x), (bf16 *)(ws + p.u));
     if (store)
-        return launch(mdn_state_fwd_fast_kernel<VT, SPW, true>, grid, fast_smem(d.K, VT, FAST_STORE), stream, d,
+        return launch(mdn_state_fwd_fast_kernel<VT, SPW, true, float>, grid, fast_smem(d.K, VT, FAST_STORE), stream, d,
                       (const bf16 *)in->q, (const bf16 *)in->k, (const bf16 *)in->v, in->S0, in->M0, vec, tinv, qkg,
                       (bf16 *)nullptr, (float *)nullptr, (float *)nullptr, (float *)(ws + p.x), (bf16 *)(ws + p.u));
-    return launch(mdn_state_fwd_fast_kernel<VT, SPW, false>, grid, fast_smem(d.K, VT, FAST_FWD), stream, d,
+    return launch(mdn_state_fwd_fast_kernel<VT, SPW, false, float>, grid, fast_smem(d.K, VT, FAST_FWD), stream, d,
                   (const bf16 *)in->q, (const bf16 *)in->k, (const bf16 *)in->v, in->S0, in->M0, vec, tinv, qkg, o,
                   S_final, M_final, (float *)nullptr, (bf16 *)nullptr);
 }
@@ -1738,14 +1958,41 @@ static cudaError_t state_bwd_fast_vt(const Plan &p, const MdnCudaInputs *in, con
                                      const float *dM_final, bf16 *G, MdnCudaGrads *gr, char *ws, cudaStream_t stream) {
     Dims d = p.d;
     d.Vt = VT;
-    return launch(mdn_state_bwd_fast_kernel<VT, SPW>, dim3(d.V / VT, d.B * d.H), fast_smem(d.K, VT, FAST_BWD), stream, d,
+    if (p.fast_grads)
+        return launch(mdn_state_bwd_fast_kernel<VT, SPW, bf16>, dim3(d.V / VT, d.B * d.H), fast_smem(d.K, VT, FAST_BWD),
+                      stream, d, (const bf16 *)in->q, (const bf16 *)in->k, d_o, dS_final, dM_final,
+                      (const float *)(ws + p.vec), (const bf16 *)(ws + p.tinv), (const bf16 *)(ws + p.qkg), G,
+                      (bf16 *)(ws + p.dx), gr->dS0, gr->dM0);
+    return launch(mdn_state_bwd_fast_kernel<VT, SPW, float>, dim3(d.V / VT, d.B * d.H), fast_smem(d.K, VT, FAST_BWD), stream, d,
                   (const bf16 *)in->q, (const bf16 *)in->k, d_o, dS_final, dM_final, (const float *)(ws + p.vec),
                   (const bf16 *)(ws + p.tinv), (const bf16 *)(ws + p.qkg), G, (float *)(ws + p.dx), gr->dS0, gr->dM0);
 }
 
+// MDN_CUDA_PROFILE=1 in the environment: the backward times each kernel with events and prints
+// one line to stderr per call (it synchronises the stream: for dev/bench_mdn, not for training)
+struct Profile {
+    int n = 0;
+    cudaEvent_t ev[8];
+    const char *name[8];
+    void mark(cudaStream_t stream, const char *what) {
+        if (n < 8 && cudaEventCreate(&ev[n]) == cudaSuccess && cudaEventRecord(ev[n], stream) == cudaSuccess)
+            name[n++] = what;
+    }
+    void report() {
+        if (n == 0 || cudaEventSynchronize(ev[n - 1]) != cudaSuccess) return;
+        fprintf(stderr, "mdn_cuda backward:");
+        for (int i = 1; i < n; i++) {
+            float ms = 0.f;
+            if (cudaEventElapsedTime(&ms, ev[i - 1], ev[i]) == cudaSuccess) fprintf(stderr, " %s %.3f", name[i], ms);
+        }
+        fprintf(stderr, " ms\n");
+        for (int i = 0; i < n; i++) cudaEventDestroy(ev[i]);
+    }
+};
+
 template <typename T>
 static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, char *ws, bool store, T *o,
-                                     float *S_final, float *M_final, cudaStream_t stream) {
+                                     float *S_final, float *M_final, cudaStream_t stream, Profile *prof = nullptr) {
     const Dims &d = p.d;
     const unsigned nbhc = (unsigned)(d.B * d.H * d.NC);
     PrepSmem<T> ps;
@@ -1755,6 +2002,7 @@ static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, cha
     cudaError_t err = launch(mdn_prepare_kernel<T>, dim3(nbhc), prep_smem, stream, d, (const T *)in->q,
                              (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, tinv, qkg);
     if (err != cudaSuccess) return err;
+    if (prof) prof->mark(stream, "prepare");
     if constexpr (std::is_same<T, bf16>::value)
         if (p.fast) return state_fwd_fast(p, in, ws, store, o, S_final, M_final, stream);
     const dim3 grid(d.V / d.Vt, d.B * d.H);
@@ -1782,8 +2030,12 @@ template <typename T>
 static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T *d_o, const float *dS_final,
                                  const float *dM_final, MdnCudaGrads *gr, char *ws, cudaStream_t stream) {
     const Dims &d = p.d;
-    cudaError_t err = prepare_and_state<T>(p, in, ws, true, nullptr, nullptr, nullptr, stream);
+    const char *pe = getenv("MDN_CUDA_PROFILE");
+    Profile profile, *prof = pe && pe[0] == '1' ? &profile : nullptr;
+    if (prof) prof->mark(stream, "start");
+    cudaError_t err = prepare_and_state<T>(p, in, ws, true, nullptr, nullptr, nullptr, stream, prof);
     if (err != cudaSuccess) return err;
+    if (prof) prof->mark(stream, "recompute");
     const unsigned nbhc = (unsigned)(d.B * d.H * d.NC);
     const float *vec = (const float *)(ws + p.vec);
     const T *tinv = (const T *)(ws + p.tinv), *qkg = (const T *)(ws + p.qkg);
@@ -1808,26 +2060,43 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
                  (const T *)in->q, (const T *)in->k, d_o, dS_final, dM_final, vec, tinv, qkg, G, (float *)(ws + p.dx),
                  gr->dS0, gr->dM0);
     if (err != cudaSuccess) return err;
+    if (prof) prof->mark(stream, "reverse");
     GradSmem<T> gs;
     const size_t gsmem = carve_grad<T>(gs, nullptr, p.KT, p.Vc);
     float *dqs = (float *)(ws + p.dqs), *dps = (float *)(ws + p.dps), *dks = (float *)(ws + p.dks);
     float *rowp = (float *)(ws + p.rowp), *scal = (float *)(ws + p.scal), *F = (float *)(ws + p.f);
     const dim3 ggrid(p.nKt + 1, nbhc);
-    if (p.KT == 32)
+    if constexpr (std::is_same<T, bf16>::value) {
+        if (p.fast_grads) {
+            GradFastSmem fs;
+            const size_t fsmem = carve_grad_fast(fs, nullptr, p.KT, p.Vc);
+            auto kern = p.KT == 32 ? mdn_bwd_state_grads_fast_kernel<32> : mdn_bwd_state_grads_fast_kernel<16>;
+            err = launch(kern, ggrid, fsmem, stream, d, p.Vc, (const bf16 *)in->q, (const bf16 *)in->k, d_o,
+                         (const bf16 *)G, (const bf16 *)(ws + p.u), (const bf16 *)(ws + p.x),
+                         (const bf16 *)(ws + p.dx), vec, dqs, dps, dks, rowp, scal, F);
+        }
+    }
+    if (!p.fast_grads && p.KT == 32)
         err = launch(mdn_bwd_state_grads_kernel<T, 32>, ggrid, gsmem, stream, d, p.Vc, (const T *)in->q,
                      (const T *)in->k, d_o, (const T *)G, (const T *)(ws + p.u), (const float *)(ws + p.x),
                      (const float *)(ws + p.dx), vec, dqs, dps, dks, rowp, scal, F);
-    else
+    else if (!p.fast_grads)
         err = launch(mdn_bwd_state_grads_kernel<T, 16>, ggrid, gsmem, stream, d, p.Vc, (const T *)in->q,
                      (const T *)in->k, d_o, (const T *)G, (const T *)(ws + p.u), (const float *)(ws + p.x),
                      (const float *)(ws + p.dx), vec, dqs, dps, dks, rowp, scal, F);
     if (err != cudaSuccess) return err;
+    if (prof) prof->mark(stream, "state_grads");
     ChunkBwdSmem<T> cs;
     const size_t csmem = carve_chunk_bwd<T>(cs, nullptr, p.KS);
-    return launch(mdn_bwd_chunk_kernel<T>, dim3(nbhc), csmem, stream, d, p.nKt, p.KS, (const T *)in->q,
-                  (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, dqs, dps, dks,
-                  (const float *)rowp, (const float *)scal, (const float *)F, (T *)gr->dq, (T *)gr->dk,
-                  gr->dlog_alpha, gr->dlog_mu, gr->dbeta, gr->deta);
+    err = launch(mdn_bwd_chunk_kernel<T>, dim3(nbhc), csmem, stream, d, p.nKt, p.KS, (const T *)in->q,
+                 (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, dqs, dps, dks,
+                 (const float *)rowp, (const float *)scal, (const float *)F, (T *)gr->dq, (T *)gr->dk,
+                 gr->dlog_alpha, gr->dlog_mu, gr->dbeta, gr->deta);
+    if (prof && err == cudaSuccess) {
+        prof->mark(stream, "chunk");
+        prof->report();
+    }
+    return err;
 }
 
 cudaError_t mdn_chunk_backward_cuda(const MdnCudaShape *shape, const MdnCudaInputs *in, const void *d_o,
