@@ -363,10 +363,12 @@ int main(int argc, char **argv) {
         if (step > start_step) ema_tokens_per_s = ema_tokens_per_s == 0.0 ? tokens_per_s : 0.9 * ema_tokens_per_s + 0.1 * tokens_per_s;
         double shown = ema_tokens_per_s > 0.0 ? ema_tokens_per_s : tokens_per_s;
         double mfu = peak > 0.0 ? flops_per_token * shown / (peak * world) : -1.0;
+        double eta_s = (double)(args.steps - step - 1) * tokens_per_step / shown;
         if (rank0) {
-            printf("step %5lld/%lld | loss %.6f | norm %.4f | lr %.3e | %.1f ms | %.1f%% MFU | %.0f tok/s%s\n",
-                   (long long)step + 1, (long long)args.steps, loss, grad_norm, lr, ms, 100.0 * mfu, shown,
-                   skipped ? " | SKIPPED (non-finite)" : "");
+            // the same fields as train_mdn_cpu's line, plus MFU
+            printf("step %6lld/%lld | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s | %.1f%% MFU | ETA %dh%02dm%02ds%s\n",
+                   (long long)step + 1, (long long)args.steps, loss, lr, grad_norm, ms, shown, 100.0 * mfu,
+                   (int)(eta_s / 3600), (int)fmod(eta_s / 60, 60), (int)fmod(eta_s, 60), skipped ? " | SKIPPED (non-finite)" : "");
             fflush(stdout);
         }
         if (counters.nan_in_row >= args.max_nan_steps) {
