@@ -105,25 +105,6 @@ static void warn_if_batch_changed(const char *path, const TrainState *state, con
     json_free(flags);
 }
 
-// keep the lines of DIR/log.jsonl with "step" <= last_step (a resumed run rewrites what follows)
-static void truncate_log(const char *path, int64_t last_step) {
-    size_t size;
-    char err[512];
-    char *text = read_file(path, &size, err, sizeof(err));
-    if (text == NULL) return;
-    FILE *f = fopen(path, "wb");
-    if (f == NULL) die("%s: cannot rewrite (%s)", path, strerror(errno));
-    for (char *line = text; *line;) {
-        char *newline = strchr(line, '\n');
-        size_t len = newline ? (size_t)(newline - line) + 1 : strlen(line);
-        long long step;
-        if (sscanf(line, "{\"step\":%lld", &step) == 1 && step <= last_step) fwrite(line, 1, len, f);
-        line += len;
-    }
-    if (fclose(f) != 0) die("%s: write failed (%s)", path, strerror(errno));
-    free(text);
-}
-
 // ----------------------------------------------------------------------------
 // the training state that the ZeRO-1 update needs besides the model
 
@@ -326,7 +307,7 @@ int main(int argc, char **argv) {
                 printf("resumed from %s at step %lld (written by %d rank%s)\n", path, (long long)start_step, state.world_size,
                        state.world_size == 1 ? "" : "s");
                 warn_if_batch_changed(path, &state, &args, world);
-                truncate_log(log_path, start_step);
+                checkpoint_truncate_log(log_path, start_step);
             }
         } else if (rank0) {
             printf("no checkpoint in %s: starting from step 0\n", args.out);

@@ -94,25 +94,6 @@ static double validate(GpuModel *gm, DataLoader *val, int val_batches, int32_t *
     return sum / ((double)val_batches * comm->world_size);
 }
 
-// keep the lines of log.jsonl with "step" <= last_step (a resumed run rewrites what follows), as train_mdn_cpu
-static void truncate_log(const char *path, int64_t last_step) {
-    size_t size;
-    char err[512];
-    char *text = read_file(path, &size, err, sizeof err);
-    if (text == NULL) return;
-    FILE *f = fopen(path, "wb");
-    if (f == NULL) die("%s: cannot rewrite (%s)", path, strerror(errno));
-    for (char *line = text; *line;) {
-        char *newline = strchr(line, '\n');
-        size_t len = newline ? (size_t)(newline - line) + 1 : strlen(line);
-        long long step;
-        if (sscanf(line, "{\"step\":%lld", &step) == 1 && step <= last_step) fwrite(line, 1, len, f);
-        line += len;
-    }
-    if (fclose(f) != 0) die("%s: write failed (%s)", path, strerror(errno));
-    free(text);
-}
-
 // The counters of a run that the checkpoint holds besides the vectors
 typedef struct {
     int64_t num_updates, nan_total, nan_in_row;
@@ -211,7 +192,7 @@ static int64_t resume(Comm *comm, const TrainArgs *args, GpuModel *gm, const Mdn
     if (rank0) {
         printf("resumed from %s at step %lld (written by %d rank%s)\n", path, (long long)scalars[0], st.world_size,
                st.world_size == 1 ? "" : "s");
-        truncate_log(log_path, scalars[0]);
+        checkpoint_truncate_log(log_path, scalars[0]);
         checkpoint_state_free(&st);
     }
     return scalars[0];

@@ -296,3 +296,21 @@ void checkpoint_prune(const char *dir, int keep_latest_k) {
     }
     free(steps);
 }
+
+void checkpoint_truncate_log(const char *path, int64_t last_step) {
+    size_t size;
+    char err[512];
+    char *text = read_file(path, &size, err, sizeof(err));
+    if (text == NULL) return;
+    FILE *f = fopen(path, "wb");
+    if (f == NULL) die("%s: cannot rewrite (%s)", path, strerror(errno));
+    for (char *line = text; *line;) {
+        char *newline = strchr(line, '\n');
+        size_t len = newline ? (size_t)(newline - line) + 1 : strlen(line);
+        long long step;
+        if (sscanf(line, "{\"step\":%lld", &step) == 1 && step <= last_step) fwrite(line, 1, len, f);
+        line += len;
+    }
+    if (fclose(f) != 0) die("%s: write failed (%s)", path, strerror(errno));
+    free(text);
+}

@@ -48,5 +48,8 @@ int checkpoint_list(const char *dir, int64_t **steps);
 int checkpoint_load_latest(const char *dir, TrainState *state, char *path_out, size_t path_len);
 // delete all but the newest keep_latest_k checkpoints of DIR (0: keep all)
 void checkpoint_prune(const char *dir, int keep_latest_k);
+// On resume: keep the lines of a log.jsonl whose "step" is <= last_step (the resumed run writes
+// the steps after the checkpoint again). A missing file is left missing; dies on a write failure.
+void checkpoint_truncate_log(const char *path, int64_t last_step);
 
 #endif // MDN_CHECKPOINT_H
