@@ -8,6 +8,7 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 out="${OUT:-build/gpu_checks}"
 mode="${1:-}"
+source test/lib.sh
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
 if [ "$mode" = trainer ]; then
@@ -27,17 +28,7 @@ for dt in f32 bf16; do
 done
 # a short real run: byte-level tinyshakespeare shards, the tiny trainer config
 work=$(mktemp -d)
-python3 - "$work" <<'PY'
-import struct, sys
-data = open("data/tinyshakespeare.txt", "rb").read()
-cut = len(data) * 9 // 10
-def shard(path, toks):
-    with open(path, "wb") as f:
-        f.write(struct.pack("<256i", 20240520, 1, len(toks), *([0] * 253)))
-        f.write(struct.pack("<%dH" % len(toks), *toks))
-shard(sys.argv[1] + "/train_000.bin", data[:cut])
-shard(sys.argv[1] + "/val_000.bin", data[cut:])
-PY
+write_byte_shards "$work"
 timeout 120 ./train_mdn --config test/data/trainer_tiny.json --train-data "$work/train_*.bin" --val-data "$work/val_*.bin" \
     --batch-size 8 --seq-len 256 --steps 150 --warmup-steps 10 --lr 3e-3 --val-interval 50 --val-batches 4 \
     --sample-interval 50 --sample-tokens 48 --out "$work/run" > "$out/train_tiny.log" 2>&1

@@ -21,28 +21,13 @@ BF16_TOL=${BF16_TOL:-1e-3}
 work=$(mktemp -d /tmp/mdn_test_multigpu.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
+source test/lib.sh
 [ -x "$BIN" ] || fail "$BIN not built"
 
-python3 - "$work" <<'PY' || fail "could not write the byte-level shards"
-import struct, sys
-data = open("data/tinyshakespeare.txt", "rb").read()
-cut = len(data) * 9 // 10
-def shard(path, toks):
-    with open(path, "wb") as f:
-        f.write(struct.pack("<256i", 20240520, 1, len(toks), *([0] * 253)))
-        f.write(struct.pack("<%dH" % len(toks), *toks))
-shard(sys.argv[1] + "/train_000000.bin", data[:cut])
-shard(sys.argv[1] + "/val_000000.bin", data[cut:])
-PY
+write_byte_shards "$work" || fail "could not write the byte-level shards"
 COMMON=(--config test/data/trainer_tiny.json --train-data "$work/train_*.bin" --val-data "$work/val_*.bin"
         --seq-len 64 --lr 3e-3 --warmup-steps 5 --sample-interval 0 --steps 20 --val-interval 10 --val-batches 2)
 
-losses() { grep -o '"step": *[0-9]*, *"loss": *[^,]*' "$1" | sed 's/.*"loss": *//'; }
-# max relative difference of the losses of two logs, and the number of steps compared
-max_rel_diff() {
-    paste -d' ' <(losses "$1") <(losses "$2") |
-        awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1); if (r > m) m = r; n++} END {printf "%.3g %d\n", m, n}'
-}
 # run NAME PROCESSES FLAGS...: the run's output in $work/NAME.txt, its log in $work/NAME/;
 # PROCESSES 1 starts train_mdn directly, N (or mpi1) under mpirun -np N (-np 1)
 run() {

@@ -23,29 +23,14 @@ MPIRUN="mpirun --allow-run-as-root --oversubscribe"
 work=$(mktemp -d /tmp/mdn_test_train.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
+source test/lib.sh
 
-# byte-level shards: the first 90% of the text for training, the rest for validation
-python3 - "$work" <<'PY' || fail "could not write the byte-level shards"
-import struct, sys
-data = open("data/tinyshakespeare.txt", "rb").read()
-cut = len(data) * 9 // 10
-def shard(path, toks):
-    with open(path, "wb") as f:
-        f.write(struct.pack("<256i", 20240520, 1, len(toks), *([0] * 253)))
-        f.write(struct.pack("<%dH" % len(toks), *toks))
-shard(sys.argv[1] + "/train_000000.bin", data[:cut])
-shard(sys.argv[1] + "/val_000000.bin", data[cut:])
-PY
+write_byte_shards "$work" || fail "could not write the byte-level shards"
 COMMON=(--config test/data/trainer_tiny.json --train-data "$work/train_*.bin" --val-data "$work/val_*.bin"
         --seq-len 64 --lr 3e-3 --warmup-steps 5 --sample-interval 0)
 
 # the "step,loss" pairs of a log, exactly as written
 losses() { grep -o '"step":[0-9]*,"loss":[^,]*' "$1"; }
-# max relative difference of the losses of two logs (same steps)
-max_rel_diff() {
-    paste -d' ' <(losses "$1" | sed 's/.*"loss"://') <(losses "$2" | sed 's/.*"loss"://') |
-        awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1); if (r > m) m = r; n++} END {printf "%.3g %d\n", m, n}'
-}
 
 # the params, adam_m and adam_v tensors of two checkpoints are byte-identical (metadata may differ)
 same_tensors() {
