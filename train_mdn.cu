@@ -172,7 +172,7 @@ static int64_t resume(Comm *comm, const TrainArgs *args, GpuModel *gm, const Mdn
                           st.data_position.shard_index, st.data_position.row_index, st.data_position.epoch,
                           (int64_t)st.data_position.rng_state, (int64_t)st.sample_rng};
     broadcast_host(comm, scalars, sizeof scalars, gm->grads);
-    size_t bytes = gm->num_params * sizeof(float);
+    size_t bytes = gm->layout_numel * sizeof(float);   // the whole GPU layout, its zero gaps included
     if (rank0) gpu_model_upload(gm, gm->params, st.params);
     comm_broadcast(comm, gm->params, bytes, 0);
     gpu_model_refresh_copy(gm);
@@ -261,7 +261,7 @@ int main(int argc, char **argv) {
         float *params = rank0 ? initial_params(&config, &args, err, sizeof err) : NULL;
         comm_exit_if_any_failed(&comm, rank0 && params == NULL, err);
         if (rank0) gpu_model_upload(gm, gm->params, params);
-        comm_broadcast(&comm, gm->params, gm->num_params * sizeof(float), 0);
+        comm_broadcast(&comm, gm->params, gm->layout_numel * sizeof(float), 0);
         gpu_model_refresh_copy(gm);
         free(params);
     }

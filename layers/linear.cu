@@ -142,45 +142,29 @@ static const Plan *get_plan(const PlanKey *key, const void *a, const void *b, cu
     return plan;
 }
 
-// Operands that start off a 16-byte boundary (a tensor at an odd offset in the flat parameter or
-// gradient vector) make cuBLASLt fall back to kernels without the tensor-memory-access path: the
-// 400M lm-head products ran at 84-119 TFLOP/s from a weight 8-byte aligned, vs ~450 aligned. Such an
-// operand is copied to (and, for D, back from) an aligned staging buffer: a weight-sized copy,
-// microseconds against a matmul over 32k tokens.
-#define LINEAR_STAGES 4   // A, B, D, the padded weight of linear_padded_weight_cuda
-static void *stage_buf[LINEAR_STAGES];
-static size_t stage_bytes[LINEAR_STAGES];
-
-// bytes of a column-major matrix of `rows` x `cols` with leading dimension ld
-static size_t matrix_bytes(int rows, int cols, int ld, cudaDataType_t type) {
-    return ((size_t)(cols - 1) * ld + rows) * (type == CUDA_R_32F ? 4 : 2);
-}
-
-// p itself when 16-byte aligned (or its columns could not be), else slot's staging buffer
-// (holding a copy of p's bytes when copy_in)
-static void *staged(int slot, const void *p, int ld, cudaDataType_t type, size_t bytes, int copy_in,
-                    cudaStream_t stream) {
-    if (pointer_alignment(p) >= 16 || (size_t)ld * (type == CUDA_R_32F ? 4 : 2) % 16 != 0) return (void *)p;
-    if (stage_bytes[slot] < bytes) {
-        if (stage_buf[slot] != NULL) cudaCheck(cudaFree(stage_buf[slot]));
-        cudaCheck(cudaMalloc(&stage_buf[slot], bytes));
-        stage_bytes[slot] = bytes;
-    }
-    if (copy_in) cudaCheck(cudaMemcpyAsync(stage_buf[slot], p, bytes, cudaMemcpyDeviceToDevice, stream));
-    return stage_buf[slot];
+// Operands must start on a 16-byte boundary whenever their rows could (a leading dimension of a
+// multiple of 16 bytes): off it, cuBLASLt falls back to kernels without the tensor-memory-access path
+// (the 400M lm-head products ran at 84-119 TFLOP/s from a weight 8-byte aligned, vs ~450 aligned).
+// This used to be handled by staging such operands through aligned buffers, a weight-sized copy per
+// matmul. No caller needs it any more: the activations are 256-byte aligned allocations
+// (model_cuda.cu's carve), every parameter and gradient tensor a matmul reads starts 256-byte
+// (float32) or 128-byte (bf16) aligned (model_cuda.cu, GPU_PARAM_ALIGN), and the classifier's row
+// blocks start at multiples of 2048 rows. A misaligned operand is therefore a layout bug: an error
+// that names it, not a silent slowdown.
+static void check_alignment(const char *what, const void *p, int ld, cudaDataType_t type) {
+    if (pointer_alignment(p) >= 16 || (size_t)ld * (type == CUDA_R_32F ? 4 : 2) % 16 != 0) return;
+    fprintf(stderr, "error: linear.cu: matmul operand %s at %p is only %d-byte aligned (leading dimension %d); "
+            "lay it out on a 16-byte boundary\n", what, p, pointer_alignment(p), ld);
+    exit(EXIT_FAILURE);
 }
 
 // column-major D [m, n] (+)= op(A) · op(B)
-static void matmul_lt(void *d_out, cudaDataType_t dtype, int ldd, const void *a_in, int lda, int transa,
-                      const void *b_in, int ldb, int transb, cudaDataType_t atype, int m, int n, int k,
-                      int accumulate, cudaStream_t stream) {
-    size_t a_bytes = matrix_bytes(transa ? k : m, transa ? m : k, lda, atype);
-    size_t b_bytes = matrix_bytes(transb ? n : k, transb ? k : n, ldb, atype);
-    size_t d_bytes = matrix_bytes(m, n, ldd, dtype);
-    const void *a = staged(0, a_in, lda, atype, a_bytes, 1, stream);
-    const void *b = staged(1, b_in, ldb, atype, b_bytes, 1, stream);
-    // D keeps its values between columns (rows m..ldd) and, when accumulating, its own
-    void *d = staged(2, d_out, ldd, dtype, d_bytes, accumulate || ldd != m, stream);
+static void matmul_lt(void *d, cudaDataType_t dtype, int ldd, const void *a, int lda, int transa, const void *b,
+                      int ldb, int transb, cudaDataType_t atype, int m, int n, int k, int accumulate,
+                      cudaStream_t stream) {
+    check_alignment("A", a, lda, atype);
+    check_alignment("B", b, ldb, atype);
+    check_alignment("D", d, ldd, dtype);
     PlanKey key;
     memset(&key, 0, sizeof(key));   // padding bytes take part in the memcmp
     key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldd = ldd;
@@ -192,7 +176,6 @@ static void matmul_lt(void *d_out, cudaDataType_t dtype, int ldd, const void *a_
     cublasCheck(cublasLtMatmul(lt_handle, plan->desc, &alpha, a, plan->a_layout, b, plan->b_layout, &beta,
                                d, plan->d_layout, d, plan->d_layout, &plan->algo, lt_workspace,
                                LINEAR_WORKSPACE_BYTES, stream));
-    if (d != d_out) cudaCheck(cudaMemcpyAsync(d_out, d, d_bytes, cudaMemcpyDeviceToDevice, stream));
 }
 
 template <typename T, typename Tout>
@@ -213,18 +196,21 @@ void linear_backward_strided_cuda(T *dinp, float *dweight, const T *dout, int do
                   rows, 1, stream);
 }
 
+// the buffer of linear_padded_weight_cuda
+static void *padded_weight;
+static size_t padded_weight_bytes;
+
 template <typename T>
 const T *linear_padded_weight_cuda(const T *weight, int out_dim, int padded_out_dim, int in_dim, cudaStream_t stream) {
     size_t bytes = (size_t)padded_out_dim * in_dim * sizeof(T), used = (size_t)out_dim * in_dim * sizeof(T);
-    const int slot = LINEAR_STAGES - 1;
-    if (stage_bytes[slot] < bytes) {
-        if (stage_buf[slot] != NULL) cudaCheck(cudaFree(stage_buf[slot]));
-        cudaCheck(cudaMalloc(&stage_buf[slot], bytes));
-        stage_bytes[slot] = bytes;
+    if (padded_weight_bytes < bytes) {
+        if (padded_weight != NULL) cudaCheck(cudaFree(padded_weight));
+        cudaCheck(cudaMalloc(&padded_weight, bytes));
+        padded_weight_bytes = bytes;
     }
-    cudaCheck(cudaMemcpyAsync(stage_buf[slot], weight, used, cudaMemcpyDeviceToDevice, stream));
-    cudaCheck(cudaMemsetAsync((char *)stage_buf[slot] + used, 0, bytes - used, stream));
-    return (const T *)stage_buf[slot];
+    cudaCheck(cudaMemcpyAsync(padded_weight, weight, used, cudaMemcpyDeviceToDevice, stream));
+    cudaCheck(cudaMemsetAsync((char *)padded_weight + used, 0, bytes - used, stream));
+    return (const T *)padded_weight;
 }
 
 template <typename T, typename Tout>
@@ -248,11 +234,9 @@ void linear_cuda_free(void) {
         cublasLtMatmulDescDestroy(plans[i].desc);
     }
     num_plans = 0;
-    for (int i = 0; i < LINEAR_STAGES; i++) {
-        if (stage_buf[i] != NULL) cudaCheck(cudaFree(stage_buf[i]));
-        stage_buf[i] = NULL;
-        stage_bytes[i] = 0;
-    }
+    if (padded_weight != NULL) cudaCheck(cudaFree(padded_weight));
+    padded_weight = NULL;
+    padded_weight_bytes = 0;
     if (lt_handle != NULL) {
         cudaCheck(cudaFree(lt_workspace));
         cublasCheck(cublasLtDestroy(lt_handle));

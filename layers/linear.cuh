@@ -35,7 +35,8 @@ void linear_backward_strided_cuda(T *dinp, float *dweight, const T *dout, int do
 template <typename T>
 const T *linear_padded_weight_cuda(const T *weight, int out_dim, int padded_out_dim, int in_dim, cudaStream_t stream);
 
-// the cuBLASLt handle, workspace and plan cache are created on first use; this frees them
+// the cuBLASLt handle, workspace and plan cache are created on first use; this frees them and the
+// padded weight's buffer
 void linear_cuda_free(void);
 
 #endif // MDN_LINEAR_CUH

@@ -118,20 +118,27 @@ static size_t layout_acts(ModelActs *a, const MdnConfig *c, size_t BT, real *bas
 // ------------------------------------------------------------------------------------------------
 // the parameter table (fla's names, shapes and order, mdn-spec.md §2)
 
-static void add_tensor(Model *m, int *capacity, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, int no_decay) {
-    if (m->num_tensors == *capacity) {
-        *capacity = *capacity ? 2 * *capacity : 64;
-        m->tensors = (ParamTensor *)xrealloc(m->tensors, (size_t)*capacity * sizeof(ParamTensor));
+// the table being filled: tensors in order, each starting where the previous one ends
+typedef struct {
+    ParamTensor *tensors;
+    int count, capacity;
+    size_t num_params;
+} ParamTable;
+
+static void add_tensor(ParamTable *t, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, int no_decay) {
+    if (t->count == t->capacity) {
+        t->capacity = t->capacity ? 2 * t->capacity : 64;
+        t->tensors = (ParamTensor *)xrealloc(t->tensors, (size_t)t->capacity * sizeof(ParamTensor));
     }
-    ParamTensor *t = &m->tensors[m->num_tensors++];
-    memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->ndim = ndim;
-    t->shape[0] = d0; t->shape[1] = d1; t->shape[2] = d2;
-    t->numel = (size_t)d0 * (ndim > 1 ? (size_t)d1 : 1) * (ndim > 2 ? (size_t)d2 : 1);
-    t->offset = m->num_params;
-    t->no_decay = no_decay;
-    m->num_params += t->numel;
+    ParamTensor *p = &t->tensors[t->count++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->shape[0] = d0; p->shape[1] = d1; p->shape[2] = d2;
+    p->numel = (size_t)d0 * (ndim > 1 ? (size_t)d1 : 1) * (ndim > 2 ? (size_t)d2 : 1);
+    p->offset = t->num_params;
+    p->no_decay = no_decay;
+    t->num_params += p->numel;
 }
 
 static const char *layer_name(char *buf, size_t n, int layer, const char *suffix) {
@@ -139,49 +146,58 @@ static const char *layer_name(char *buf, size_t n, int layer, const char *suffix
     return buf;
 }
 
-static void build_param_table(Model *m) {
-    const MdnConfig *c = &m->config;
+int model_param_table(const MdnConfig *c, ParamTensor **tensors, size_t *num_params) {
     int64_t D = c->hidden_size, H = c->num_heads, HK = H * c->head_dim, HV = H * c->value_dim;
     int64_t I = c->intermediate_size, N = c->vocab_size, W = c->conv_size;
-    int capacity = 0;
+    ParamTable t = {NULL, 0, 0, 0};
     char name[MODEL_MAX_NAME];
-    add_tensor(m, &capacity, "model.embeddings.weight", 2, N, D, 0, 0);
+    add_tensor(&t, "model.embeddings.weight", 2, N, D, 0, 0);
     for (int l = 0; l < c->num_hidden_layers; l++) {
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn_norm.weight"), 1, D, 0, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.q_proj.weight"), 2, HK, D, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.k_proj.weight"), 2, HK, D, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.v_proj.weight"), 2, HV, D, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.a_proj.weight"), 2, H, D, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.b_proj.weight"), 2, H, D, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.m_proj.weight"), 2, H, D, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.e_proj.weight"), 2, H, D, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn_norm.weight"), 1, D, 0, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.q_proj.weight"), 2, HK, D, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.k_proj.weight"), 2, HK, D, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.v_proj.weight"), 2, HV, D, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.a_proj.weight"), 2, H, D, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.b_proj.weight"), 2, H, D, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.m_proj.weight"), 2, H, D, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.e_proj.weight"), 2, H, D, 0, 0);
         if (c->use_short_conv) {
-            add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.q_conv1d.weight"), 3, HK, 1, W, 0);
-            add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.k_conv1d.weight"), 3, HK, 1, W, 0);
-            add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.v_conv1d.weight"), 3, HV, 1, W, 0);
+            add_tensor(&t, layer_name(name, sizeof name, l, "attn.q_conv1d.weight"), 3, HK, 1, W, 0);
+            add_tensor(&t, layer_name(name, sizeof name, l, "attn.k_conv1d.weight"), 3, HK, 1, W, 0);
+            add_tensor(&t, layer_name(name, sizeof name, l, "attn.v_conv1d.weight"), 3, HV, 1, W, 0);
         }
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.A_log"), 1, H, 0, 0, 1);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.Mu_log"), 1, H, 0, 0, 1);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.dt_bias"), 1, H, 0, 0, 1);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.mu_bias"), 1, H, 0, 0, 1);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.log_factor"), 1, H, 0, 0, 1);
-        if (c->use_output_correction) add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.D_log"), 1, H, 0, 0, 1);
-        if (c->use_gate) add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.g_proj.weight"), 2, HV, D, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.o_norm.weight"), 1, c->value_dim, 0, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "attn.o_proj.weight"), 2, D, HV, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "mlp_norm.weight"), 1, D, 0, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "mlp.gate_proj.weight"), 2, I, D, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "mlp.up_proj.weight"), 2, I, D, 0, 0);
-        add_tensor(m, &capacity, layer_name(name, sizeof name, l, "mlp.down_proj.weight"), 2, D, I, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.A_log"), 1, H, 0, 0, 1);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.Mu_log"), 1, H, 0, 0, 1);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.dt_bias"), 1, H, 0, 0, 1);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.mu_bias"), 1, H, 0, 0, 1);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.log_factor"), 1, H, 0, 0, 1);
+        if (c->use_output_correction) add_tensor(&t, layer_name(name, sizeof name, l, "attn.D_log"), 1, H, 0, 0, 1);
+        if (c->use_gate) add_tensor(&t, layer_name(name, sizeof name, l, "attn.g_proj.weight"), 2, HV, D, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.o_norm.weight"), 1, c->value_dim, 0, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "attn.o_proj.weight"), 2, D, HV, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "mlp_norm.weight"), 1, D, 0, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "mlp.gate_proj.weight"), 2, I, D, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "mlp.up_proj.weight"), 2, I, D, 0, 0);
+        add_tensor(&t, layer_name(name, sizeof name, l, "mlp.down_proj.weight"), 2, D, I, 0, 0);
     }
-    add_tensor(m, &capacity, "model.norm.weight", 1, D, 0, 0, 0);
-    if (!c->tie_word_embeddings) add_tensor(m, &capacity, "lm_head.weight", 2, N, D, 0, 0);
+    add_tensor(&t, "model.norm.weight", 1, D, 0, 0, 0);
+    if (!c->tie_word_embeddings) add_tensor(&t, "lm_head.weight", 2, N, D, 0, 0);
+    if ((int64_t)t.num_params != config_num_params(c))
+        die("model_param_table: the table has %zu values but the config counts %lld (bug)", t.num_params,
+            (long long)config_num_params(c));
+    *tensors = t.tensors;
+    *num_params = t.num_params;
+    return t.count;
+}
+
+int model_param_table_find(const ParamTensor *tensors, int num_tensors, const char *name) {
+    for (int i = 0; i < num_tensors; i++)
+        if (strcmp(tensors[i].name, name) == 0) return i;
+    return -1;
 }
 
 int model_find_tensor(const Model *m, const char *name) {
-    for (int i = 0; i < m->num_tensors; i++)
-        if (strcmp(m->tensors[i].name, name) == 0) return i;
-    return -1;
+    return model_param_table_find(m->tensors, m->num_tensors, name);
 }
 
 // the named views of a flat array laid out as the table says (params or grads)
@@ -232,10 +248,7 @@ Model *model_build(const MdnConfig *config, int B, int T) {
     if (B <= 0 || T <= 0) die("model_build: batch %d x %d tokens must be positive", B, T);
     Model *m = (Model *)xcalloc(1, sizeof(Model));
     m->config = *config;
-    build_param_table(m);
-    if ((int64_t)m->num_params != config_num_params(config))
-        die("model_build: parameter table has %zu values but the config counts %lld (bug)", m->num_params,
-            (long long)config_num_params(config));
+    m->num_tensors = model_param_table(config, &m->tensors, &m->num_params);
     m->params = (real *)xcalloc(m->num_params, sizeof(real));
     m->grads = (real *)xcalloc(m->num_params, sizeof(real));
     point_views(m, m->params, &m->p);

@@ -92,6 +92,14 @@ void model_init_weights(Model *m, uint64_t seed);
 // index of the tensor named `name`, or -1
 int model_find_tensor(const Model *m, const char *name);
 
+// The parameter table of a config (what model_build puts in m->tensors: names, shapes, offsets in
+// the flat CPU layout, no_decay) without allocating a model: *tensors gets a malloc'd array of the
+// returned number of entries (the caller frees it), *num_params the values they hold
+// (== config_num_params). The GPU model lays out its own flat vectors from it (model_cuda.cu).
+int model_param_table(const MdnConfig *config, ParamTensor **tensors, size_t *num_params);
+// index of the tensor named `name` in such a table, or -1
+int model_param_table_find(const ParamTensor *tensors, int num_tensors, const char *name);
+
 // The summary for --dry-run: shapes, then a line "params: N" with the exact count.
 void model_print_summary(const Model *m, FILE *out);
 

@@ -59,44 +59,73 @@ struct GpuActs {
 // ------------------------------------------------------------------------------------------------
 // parameter layout
 
-static void add_tensor(GpuModel *m, const Model *cpu, const char *name, size_t *offset) {
-    int idx = model_find_tensor(cpu, name);
+// Every tensor starts on a multiple of GPU_PARAM_ALIGN values, so (cudaMalloc's bases being
+// 256-byte aligned) on a 256-byte boundary of the float32 vectors (masters, gradients, moments) and
+// a 128-byte one of the bf16 copy. cuBLASLt's fast kernels need 16-byte aligned operands (linear.cu
+// refuses others); packed back to back, the tensors after the [H]-sized gate parameters started at
+// odd offsets. The exceptions are the tensors fused into one matmul (k|v|g_proj after q_proj,
+// b|m|e_proj after a_proj, up_proj after gate_proj): the group is one [rows, D] matrix, so they
+// follow its first tensor without a gap; only the group's start is a matmul operand.
+// The padding is zero in every flat vector and stays zero: alloc_flat_vectors zeroes it,
+// gpu_model_upload writes zeros there, no kernel writes outside a tensor, so its gradient stays zero,
+// and AdamW leaves a zero weight with zero gradient and moments at zero (as it does an embedding row
+// no token has reached). So the gradient norm, weight decay and the ZeRO-1 collectives, which run
+// over the whole flat vector, see the parameters and nothing else.
+#define GPU_PARAM_ALIGN 64
+
+static size_t round_up(size_t n, size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// appends the CPU table's tensor `name` at *offset (aligned first unless it joins the previous tensor's
+// matmul) and moves *offset past it
+static void add_tensor(GpuModel *m, const ParamTensor *cpu, int cpu_count, const char *name, int fused,
+                       size_t *offset) {
+    int idx = model_param_table_find(cpu, cpu_count, name);
     if (idx < 0) die("model_cuda: the CPU model has no tensor %s", name);
+    if (!fused) *offset = round_up(*offset, GPU_PARAM_ALIGN);
     GpuParamTensor *t = &m->tensors[m->num_tensors++];
     snprintf(t->name, sizeof(t->name), "%s", name);
     t->offset = *offset;
-    t->numel = cpu->tensors[idx].numel;
-    t->cpu_offset = cpu->tensors[idx].offset;
-    t->no_decay = cpu->tensors[idx].no_decay;
+    t->numel = cpu[idx].numel;
+    t->cpu_offset = cpu[idx].offset;
+    t->no_decay = cpu[idx].no_decay;
     *offset += t->numel;
 }
 
-static void build_layout(GpuModel *m) {
-    // the CPU model's table (names, sizes, offsets) for a 1-token model; its buffers are tiny
-    // except the parameters themselves, freed right after
-    Model *cpu = model_build(&m->config, 1, 1);
-    m->tensors = (GpuParamTensor *)xcalloc((size_t)cpu->num_tensors, sizeof(GpuParamTensor));
+void gpu_model_layout(GpuModel *m) {
+    ParamTensor *cpu;
+    size_t cpu_params;
+    int cpu_count = model_param_table(&m->config, &cpu, &cpu_params);
+    m->num_tensors = 0;
+    m->tensors = (GpuParamTensor *)xcalloc((size_t)cpu_count, sizeof(GpuParamTensor));
     size_t offset = 0;
     char name[MODEL_MAX_NAME];
-    add_tensor(m, cpu, "model.embeddings.weight", &offset);
-    static const char *layer_order[] = {
-        "attn_norm.weight", "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.g_proj.weight",
-        "attn.a_proj.weight", "attn.b_proj.weight", "attn.m_proj.weight", "attn.e_proj.weight",
-        "attn.q_conv1d.weight", "attn.k_conv1d.weight", "attn.v_conv1d.weight", "attn.A_log", "attn.Mu_log",
-        "attn.dt_bias", "attn.mu_bias", "attn.log_factor", "attn.D_log", "attn.o_norm.weight", "attn.o_proj.weight",
-        "mlp_norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+    add_tensor(m, cpu, cpu_count, "model.embeddings.weight", 0, &offset);
+    // per layer, in the order layer_params indexes them; fused: one matmul with the tensor before
+    static const struct {
+        const char *suffix;
+        int fused;
+    } layer_order[] = {
+        {"attn_norm.weight", 0}, {"attn.q_proj.weight", 0}, {"attn.k_proj.weight", 1}, {"attn.v_proj.weight", 1},
+        {"attn.g_proj.weight", 1}, {"attn.a_proj.weight", 0}, {"attn.b_proj.weight", 1}, {"attn.m_proj.weight", 1},
+        {"attn.e_proj.weight", 1}, {"attn.q_conv1d.weight", 0}, {"attn.k_conv1d.weight", 0},
+        {"attn.v_conv1d.weight", 0}, {"attn.A_log", 0}, {"attn.Mu_log", 0}, {"attn.dt_bias", 0}, {"attn.mu_bias", 0},
+        {"attn.log_factor", 0}, {"attn.D_log", 0}, {"attn.o_norm.weight", 0}, {"attn.o_proj.weight", 0},
+        {"mlp_norm.weight", 0}, {"mlp.gate_proj.weight", 0}, {"mlp.up_proj.weight", 1}, {"mlp.down_proj.weight", 0}};
     for (int l = 0; l < m->config.num_hidden_layers; l++)
         for (size_t j = 0; j < sizeof(layer_order) / sizeof(layer_order[0]); j++) {
-            snprintf(name, sizeof(name), "model.layers.%d.%s", l, layer_order[j]);
-            add_tensor(m, cpu, name, &offset);
+            snprintf(name, sizeof(name), "model.layers.%d.%s", l, layer_order[j].suffix);
+            add_tensor(m, cpu, cpu_count, name, layer_order[j].fused, &offset);
         }
-    add_tensor(m, cpu, "model.norm.weight", &offset);
-    add_tensor(m, cpu, "lm_head.weight", &offset);
-    if (m->num_tensors != cpu->num_tensors || offset != cpu->num_params)
-        die("model_cuda: GPU layout has %d tensors / %zu params, the CPU model %d / %zu", m->num_tensors, offset,
-            cpu->num_tensors, cpu->num_params);
-    m->num_params = offset;
-    model_free(cpu);
+    add_tensor(m, cpu, cpu_count, "model.norm.weight", 0, &offset);
+    add_tensor(m, cpu, cpu_count, "lm_head.weight", 0, &offset);
+    size_t numel = 0;
+    for (int i = 0; i < m->num_tensors; i++) numel += m->tensors[i].numel;
+    if (m->num_tensors != cpu_count || numel != cpu_params)
+        die("model_cuda: GPU layout has %d tensors / %zu params, the CPU model %d / %zu", m->num_tensors, numel,
+            cpu_count, cpu_params);
+    m->num_params = cpu_params;
+    m->layout_numel = round_up(offset, GPU_PARAM_ALIGN);
+    free(cpu);
 }
 
 // layer l's pointers into a flat vector in the GPU layout (params or grads)
@@ -203,8 +232,8 @@ static void carve_acts(GpuModel *m, Carver *c) {
     a->sumsq_partials = (double *)carve(c, REDUCE_PARTS * sizeof(double));
 }
 
-// params, params_x and grads for shard·world_size values, zeroed (the padding stays zero: no kernel
-// writes past num_params, the allgather copies zeros)
+// params, params_x and grads for shard·world_size values, zeroed (the padding, between tensors and
+// past layout_numel, stays zero: see GPU_PARAM_ALIGN)
 static void alloc_flat_vectors(GpuModel *m) {
     size_t n = m->shard * (size_t)m->world_size;
     cudaCheck(cudaMalloc((void **)&m->params, n * sizeof(float)));
@@ -243,10 +272,10 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
                           use_bf16 ? MDN_DTYPE_BF16 : MDN_DTYPE_F32};
     const char *why = mdn_cuda_check_shape(&shape);
     if (why != NULL) die("model_cuda: the MDN op does not support this shape: %s", why);
-    build_layout(m);
+    gpu_model_layout(m);
     m->rank = 0;
     m->world_size = 1;
-    m->shard = m->shard_end = m->num_params;
+    m->shard = m->shard_end = m->layout_numel;
     alloc_flat_vectors(m);
     int L = config->num_hidden_layers;
     GpuActs *a = (GpuActs *)xcalloc(1, sizeof(GpuActs));
@@ -280,12 +309,13 @@ void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set, int rank, int worl
         free_flat_vectors(m);
         m->rank = rank;
         m->world_size = world_size;
-        m->shard = (m->num_params + (size_t)world_size - 1) / (size_t)world_size;
+        // each rank's slice starts aligned too (the collectives and AdamW run on it)
+        m->shard = round_up((m->layout_numel + (size_t)world_size - 1) / (size_t)world_size, GPU_PARAM_ALIGN);
         alloc_flat_vectors(m);
     }
     size_t begin = (size_t)rank * m->shard;
-    m->shard_begin = begin < m->num_params ? begin : m->num_params;
-    m->shard_end = begin + m->shard < m->num_params ? begin + m->shard : m->num_params;
+    m->shard_begin = begin < m->layout_numel ? begin : m->layout_numel;
+    m->shard_end = begin + m->shard < m->layout_numel ? begin + m->shard : m->layout_numel;
     cudaCheck(cudaMalloc((void **)&m->adam_m, m->shard * sizeof(float)));
     cudaCheck(cudaMalloc((void **)&m->adam_v, m->shard * sizeof(float)));
     cudaCheck(cudaMemsetAsync(m->adam_m, 0, m->shard * sizeof(float), m->stream));
@@ -338,23 +368,23 @@ static float *gpu_vector(const GpuModel *m, int which) {
 // the copies below are synchronous, on the legacy default stream, which waits for m->stream (a
 // blocking stream) and is waited for by it
 void gpu_model_upload(const GpuModel *m, float *device_dst, const float *cpu_src) {
-    float *staged = (float *)xmalloc(m->num_params * sizeof(float));
+    float *staged = (float *)xcalloc(m->layout_numel, sizeof(float));   // zero padding between tensors
     for (int i = 0; i < m->num_tensors; i++)
         memcpy(staged + m->tensors[i].offset, cpu_src + m->tensors[i].cpu_offset, m->tensors[i].numel * sizeof(float));
-    cudaCheck(cudaMemcpy(device_dst, staged, m->num_params * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(device_dst, staged, m->layout_numel * sizeof(float), cudaMemcpyHostToDevice));
     free(staged);
 }
 
 void gpu_model_download(const GpuModel *m, const float *device_src, float *cpu_dst) {
-    float *staged = (float *)xmalloc(m->num_params * sizeof(float));
-    cudaCheck(cudaMemcpy(staged, device_src, m->num_params * sizeof(float), cudaMemcpyDeviceToHost));
+    float *staged = (float *)xmalloc(m->layout_numel * sizeof(float));
+    cudaCheck(cudaMemcpy(staged, device_src, m->layout_numel * sizeof(float), cudaMemcpyDeviceToHost));
     for (int i = 0; i < m->num_tensors; i++)
         memcpy(cpu_dst + m->tensors[i].cpu_offset, staged + m->tensors[i].offset, m->tensors[i].numel * sizeof(float));
     free(staged);
 }
 
 void gpu_model_refresh_copy(GpuModel *m) {
-    if (m->use_bf16) convert_params_cuda<bf16>((bf16 *)m->params_x, m->params, m->num_params, m->stream);
+    if (m->use_bf16) convert_params_cuda<bf16>((bf16 *)m->params_x, m->params, m->layout_numel, m->stream);
 }
 
 void gpu_model_set_params(GpuModel *m, const float *cpu_params) {

@@ -7,14 +7,18 @@
 //
 // Memory: parameters (float32 masters), their bf16 copy (what the matmuls read; absent in float32
 // mode), gradients (float32), AdamW's m and v, and the activations are one allocation each.
-// Data parallel (ZeRO-1, train_mdn.cu): the flat vectors are padded with zeros to shard·world_size
-// elements (shard = ceil(num_params / world_size)), so that rank r owns [r·shard, (r+1)·shard) and
-// the reduce-scatter of the gradients and the allgather of the masters work in place on equal
-// blocks; m and v hold only the rank's slice. With one rank everything is as without ZeRO. The
-// GPU layout of the parameters is fla's tensors in another order, chosen so that the projections
+// The GPU layout of the parameters is fla's tensors in another order, chosen so that the projections
 // that read the same input are one matmul: per layer q|k|v|g_proj, a|b|m|e_proj and gate|up_proj
-// are adjacent. gpu_model_set_params / gpu_model_get_vector convert from / to the CPU model's flat
-// order (model.h), which is the checkpoint contract (checkpoint.h: float32 params, m, v).
+// are adjacent. Each tensor (each such group) starts on a 64-value boundary, the gaps zero, so the
+// flat vectors hold layout_numel >= num_params values (model_cuda.cu, GPU_PARAM_ALIGN).
+// gpu_model_set_params / gpu_model_get_vector convert from / to the CPU model's flat order
+// (model.h, num_params values, no gaps), which is the checkpoint and export contract (checkpoint.h:
+// float32 params, m, v).
+// Data parallel (ZeRO-1, train_mdn.cu): the flat vectors are padded with zeros to shard·world_size
+// elements (shard = ceil(layout_numel / world_size) rounded up to a multiple of 64), so that rank r
+// owns [r·shard, (r+1)·shard) and the reduce-scatter of the gradients and the allgather of the
+// masters work in place on equal blocks; m and v hold only the rank's slice. With one rank
+// everything is as without ZeRO (shard = layout_numel).
 //
 // Activations kept between forward and backward, per layer: the residual stream at the block input
 // and after the mixer (float32), the fused q|k|v|g projection, the gate logits and gates (float32),
@@ -48,9 +52,11 @@ typedef struct {
     int max_B, T;               // built for up to max_B rows of exactly T tokens
     int num_tensors;
     GpuParamTensor *tensors;
-    size_t num_params;
+    size_t num_params;          // the parameters (== the CPU model's), what checkpoints hold
+    size_t layout_numel;        // values of the GPU layout, the alignment gaps included
     // ZeRO-1 (set by gpu_model_alloc_optimizer): this rank's slice [shard_begin, shard_end) of the
-    // flat vectors, shard elements per rank; params, params_x and grads hold shard·world_size values
+    // flat vectors (GPU layout indices), shard elements per rank; params, params_x and grads hold
+    // shard·world_size values
     int rank, world_size;
     size_t shard, shard_begin, shard_end;
     float *params;              // float32 masters, GPU layout
@@ -82,10 +88,14 @@ void gpu_model_free(GpuModel *m);
 // it re-allocates params, params_x and grads padded (see above): call it before setting parameters.
 void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set, int rank, int world_size);
 
+// the GPU layout of m->config's parameters: fills tensors, num_tensors, num_params, layout_numel
+// (gpu_model_build calls it; host code only, for tests that check the layout without a GPU)
+void gpu_model_layout(GpuModel *m);
+
 // flat vectors in the CPU model's layout (host, float32, num_params values) <-> the GPU
 void gpu_model_set_params(GpuModel *m, const float *cpu_params);   // also refreshes params_x
-// into / from any device vector of num_params values in the GPU layout (params, grads, or a
-// gathered moment vector)
+// into / from any device vector of layout_numel values in the GPU layout (params, grads, or a
+// gathered moment vector); the upload writes zeros into the gaps
 void gpu_model_upload(const GpuModel *m, float *device_dst, const float *cpu_src);
 void gpu_model_download(const GpuModel *m, const float *device_src, float *cpu_dst);
 // which: 0 params, 1 grads (2 adam_m, 3 adam_v: only with one rank, where they are whole)
