@@ -54,18 +54,21 @@ static double peak_flops(const char *device_name) {
 // the initial float32 parameters in the CPU layout: the HF directory of --init-from, or a fresh
 // init; NULL with err on a bad --init-from
 static float *initial_params(const MdnConfig *config, const TrainArgs *args, char *err, size_t errlen) {
-    Model *cpu;
-    if (args->init_from[0] != '\0') {
-        cpu = model_load_hf(args->init_from, 1, 1, err, errlen);
-        if (cpu == NULL) return NULL;
-        if (cpu->num_params != (size_t)config_num_params(config)) {
-            set_error(err, errlen, "--init-from %s: the model does not match --config", args->init_from);
-            model_free(cpu);
-            return NULL;
-        }
-    } else {
-        cpu = model_build(config, 1, 1);
-        model_init_weights(cpu, (uint64_t)args->seed);
+    if (args->init_from[0] == '\0') {
+        ParamTensor *table;
+        size_t num_params;
+        const int num_tensors = model_param_table(config, &table, &num_params);
+        float *params = (float *)xmalloc(num_params * sizeof(float));
+        model_init_params(config, table, num_tensors, params, (uint64_t)args->seed);
+        free(table);
+        return params;
+    }
+    Model *cpu = model_load_hf(args->init_from, 1, 1, err, errlen);
+    if (cpu == NULL) return NULL;
+    if (cpu->num_params != (size_t)config_num_params(config)) {
+        set_error(err, errlen, "--init-from %s: the model does not match --config", args->init_from);
+        model_free(cpu);
+        return NULL;
     }
     float *params = (float *)xmalloc(cpu->num_params * sizeof(float));
     memcpy(params, cpu->params, cpu->num_params * sizeof(float));

@@ -86,8 +86,12 @@ typedef struct {
 Model *model_build(const MdnConfig *config, int B, int T);
 void model_free(Model *m);
 
-// mdn-spec.md §2 init from a seeded RNG (xorshift64* + Box-Muller, see model.c); same seed, same weights.
+// mdn-spec.md §2 init from a seeded RNG (xorshift64* + Box-Muller, see model.c); same seed, same
+// weights, whatever the number of OpenMP threads.
 void model_init_weights(Model *m, uint64_t seed);
+// the same into a flat vector in the layout of a model_param_table table (no Model needed)
+void model_init_params(const MdnConfig *config, const ParamTensor *tensors, int num_tensors, real *params,
+                       uint64_t seed);
 
 // index of the tensor named `name`, or -1
 int model_find_tensor(const Model *m, const char *name);

@@ -318,12 +318,29 @@ __device__ void chunk_coef(const Coef &c, const Dims &d, int b, int h, int t0, c
         c.al[tid] = expf(c.la[tid]);
     }
     __syncthreads();
-    // Gamma = Ea diag(beta) Em and b = Ea (beta o m): sums of non-negative terms (no cancellation)
-    for (int e = tid; e < CH * CH; e += blockDim.x) {
-        const int i = e / CH, j = e % CH;
-        float s = 0.f;
-        for (int l = j; l <= i; l++) s = fmaf(c.Ea[i * LDL + l] * c.be[l], c.Em[l * LDL + j], s);
-        c.G[i * LDL + j] = s;
+    // Gamma = Ea diag(beta) Em and b = Ea (beta o m): sums of non-negative terms (no cancellation).
+    // Gamma in 4 x 4 register tiles (rows 4ti..4ti+3, columns tj + 16c): a thread sums l over
+    // [tj, 4ti+3] in increasing order; the terms outside [j, i] are exact zeros (Ea[i][l] = 0 for
+    // l > i, Em[l][j] = 0 for l < j), so every Gamma[i][j] is the plain ordered sum over l = j..i.
+    static_assert(CH == 64 && NTHREADS == 256, "Gamma tiling assumes 64 x 64 over 256 threads");
+    {
+        const int ti = tid >> 4, tj = tid & 15;
+        float acc[4][4] = {};
+        for (int l = tj; l <= 4 * ti + 3; l++) {
+            float eb[4], em[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) eb[r] = c.Ea[(4 * ti + r) * LDL + l] * c.be[l];
+#pragma unroll
+            for (int cc = 0; cc < 4; cc++) em[cc] = c.Em[l * LDL + tj + 16 * cc];
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+#pragma unroll
+                for (int cc = 0; cc < 4; cc++) acc[r][cc] = fmaf(eb[r], em[cc], acc[r][cc]);
+        }
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int cc = 0; cc < 4; cc++) c.G[(4 * ti + r) * LDL + tj + 16 * cc] = acc[r][cc];
     }
     if (tid < CH) {
         float s = 0.f;
@@ -339,7 +356,7 @@ __device__ void chunk_coef(const Coef &c, const Dims &d, int b, int h, int t0, c
 // ------------------------------------------------------------------------------------------------
 template <typename T> struct PrepSmem {
     Coef c;
-    float *rq, *rk, *Ti;
+    float *rq, *rk, *Ti, *W;
     T *Kh, *Qh;
 };
 template <typename T> __host__ __device__ size_t carve_prep(PrepSmem<T> &s, char *base, int K) {
@@ -348,6 +365,7 @@ template <typename T> __host__ __device__ size_t carve_prep(PrepSmem<T> &s, char
     s.rq = cv.take<float>(CH);
     s.rk = cv.take<float>(CH);
     s.Ti = cv.take<float>(CH * LDL);
+    s.W = cv.take<float>(32 * 32);
     s.Kh = cv.take<T>((size_t)CH * (K + pad_of<T>()));
     s.Qh = cv.take<T>((size_t)CH * (K + pad_of<T>()));
     return cv.off;
@@ -385,6 +403,55 @@ __device__ void load_normalised(const Dims &d, const T *q, const T *k, int b, in
     }
 }
 
+// Ti = (I + A)^-1 for A strictly lower triangular (64 x 64, row stride LDL), in float32, by
+// blocks: the four 16 x 16 diagonal blocks by forward substitution (a thread per block column,
+// the column in registers), then two doubling levels, each joining two lower-triangular inverses
+// X1, X2 with the block A21 between them: [[X1, 0], [-X2 A21 X1, X2]]. A serial substitution over
+// all 64 rows was half of the prepare kernel (one 2016-step chain on 2 of 8 warps); this is the
+// same blocked forward substitution with a chain of 120 steps and the rest as small products.
+// W: 32 x 32 floats of scratch. Ends with a barrier.
+__device__ void unit_lower_inverse(const float *A, float *Ti, float *W) {
+    const int tid = threadIdx.x;
+    if (tid < CH) {
+        const int base = (tid >> 4) * 16, c = tid & 15;
+        float x[16];
+#pragma unroll
+        for (int r = 0; r < 16; r++) {
+            float sum = 0.f;   // terms l < c are zero (x[l] = 0 there)
+#pragma unroll
+            for (int l = 0; l < r; l++) sum = fmaf(A[(base + r) * LDL + base + l], x[l], sum);
+            x[r] = r < c ? 0.f : (r == c ? 1.f : -sum);
+        }
+#pragma unroll
+        for (int r = 0; r < 16; r++) Ti[(base + r) * LDL + base + c] = x[r];
+    } else {
+        // zeros above the diagonal blocks
+        for (int e = tid - CH; e < CH * CH; e += blockDim.x - CH) {
+            const int i = e / CH, j = e % CH;
+            if ((j >> 4) > (i >> 4)) Ti[i * LDL + j] = 0.f;
+        }
+    }
+    __syncthreads();
+    for (int n = 16; n < CH; n *= 2) {
+        // join the pairs of n x n inverses at (o, o) and (o + n, o + n), o = 0, 2n, ...
+        const int pairs = CH / (2 * n), per_pair = n * n;
+        for (int e = tid; e < pairs * per_pair; e += blockDim.x) {
+            const int o = (e / per_pair) * 2 * n, r = (e % per_pair) / n, c = e % n;
+            float sum = 0.f;   // W = A21 X1
+            for (int l = c; l < n; l++) sum = fmaf(A[(o + n + r) * LDL + o + l], Ti[(o + l) * LDL + o + c], sum);
+            W[e] = sum;
+        }
+        __syncthreads();
+        for (int e = tid; e < pairs * per_pair; e += blockDim.x) {
+            const int p = e / per_pair, o = p * 2 * n, r = (e % per_pair) / n, c = e % n;
+            float sum = 0.f;   // -X2 W
+            for (int l = 0; l <= r; l++) sum = fmaf(Ti[(o + n + r) * LDL + o + n + l], W[p * per_pair + l * n + c], sum);
+            Ti[(o + n + r) * LDL + o + c] = -sum;
+        }
+        __syncthreads();
+    }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(NTHREADS) mdn_prepare_kernel(Dims d, const T *q, const T *k, const float *log_alpha,
                                                                const float *log_mu, const float *beta,
@@ -416,22 +483,7 @@ __global__ void __launch_bounds__(NTHREADS) mdn_prepare_kernel(Dims d, const T *
         QK[i * LDL + j] = j <= i ? QK[i * LDL + j] * c.et[j] * c.G[i * LDL + j] : 0.f;
     }
     __syncthreads();
-    // T^-1 = (I + A)^-1 by forward substitution, one column per thread (float32)
-    if (tid < CH) {
-        const int j = tid;
-        for (int i = 0; i < CH; i++) {
-            float x;
-            if (i < j) x = 0.f;
-            else if (i == j) x = 1.f;
-            else {
-                float sum = 0.f;
-                for (int l = j; l < i; l++) sum = fmaf(KK[i * LDL + l], s.Ti[l * LDL + j], sum);
-                x = -sum;
-            }
-            s.Ti[i * LDL + j] = x;
-        }
-    }
-    __syncthreads();
+    unit_lower_inverse(KK, s.Ti, s.W);
     const size_t mo = (size_t)bhc * CH * CH;
     for (int e = tid; e < CH * CH; e += blockDim.x) {
         const int i = e / CH, j = e % CH;

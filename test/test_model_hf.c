@@ -7,6 +7,7 @@
 //    (norms 1, normal std = initializer_range, A_log/Mu_log in log (0,16], dt_bias == mu_bias = softplus^-1(dt)
 //    with dt in [1e-3, 0.1], log_factor <= log 4, D_log <= 0).
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +130,21 @@ int main(void) {
     check(memcmp(m->params, seed6->params, m->num_params * sizeof(real)) != 0, "another seed, other weights");
     model_free(again);
     model_free(seed6);
+    // the init fills blocks of 65536 values in parallel, each from its own stream: the weights must
+    // not depend on the thread count, and no two blocks may repeat each other
+    {
+        const char *wide = "{\"hidden_size\": 64, \"num_hidden_layers\": 1, \"num_heads\": 16, \"head_dim\": 4, \"vocab_size\": 5000}";
+        omp_set_num_threads(1);
+        Model *one = build(wide, 7);
+        omp_set_num_threads(3);
+        Model *three = build(wide, 7);
+        check(memcmp(one->params, three->params, one->num_params * sizeof(real)) == 0,
+              "init: 1 thread and 3 threads give the same weights");
+        check(memcmp(one->p.embeddings, one->p.embeddings + 65536, 1024 * sizeof(real)) != 0,
+              "init: the second block of a tensor is not a copy of the first");
+        model_free(one);
+        model_free(three);
+    }
     Model *big = build("{\"hidden_size\": 64, \"num_hidden_layers\": 1, \"num_heads\": 16, \"head_dim\": 4, \"vocab_size\": 5000}", 42);
     double sum = 0, sum2 = 0;
     size_t n = (size_t)5000 * 64;
