@@ -164,6 +164,7 @@ static double validate(Model *model, DataLoader *val, int val_batches, int32_t *
 // ----------------------------------------------------------------------------
 
 int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);   // progress lines reach a pipe (tee, a log file) as they happen
     Comm comm;
     comm_init(&comm, &argc, &argv);
     const int rank0 = comm.rank == 0;

@@ -202,6 +202,8 @@ static int64_t resume(Comm *comm, const TrainArgs *args, GpuModel *gm, const Mdn
 }
 
 int main(int argc, char **argv) {
+    const double launch_time = wall_seconds();
+    setvbuf(stdout, NULL, _IOLBF, 0);   // progress lines reach a pipe (tee, a log file) as they happen
     Comm comm;
     comm_init(&comm, &argc, &argv);
     const int rank0 = comm.rank == 0;
@@ -260,6 +262,7 @@ int main(int argc, char **argv) {
     // init, made on rank 0 and broadcast (one reader; every rank starts from the same bits)
     RunCounters counters = {0, 0, 0, sample_rng_init(args.seed)};
     int64_t start_step = args.resume ? resume(&comm, &args, gm, &config, &counters, &train, log_path) : 0;
+    const double params_time = wall_seconds();
     if (start_step == 0) {
         float *params = rank0 ? initial_params(&config, &args, err, sizeof err) : NULL;
         comm_exit_if_any_failed(&comm, rank0 && params == NULL, err);
@@ -269,6 +272,7 @@ int main(int argc, char **argv) {
         free(params);
     }
 
+    const double sample_ready_time = wall_seconds();
     FILE *log = NULL;
     if (rank0 && args.out[0] != '\0') {
         log = fopen(log_path, start_step > 0 ? "ab" : "wb");
@@ -308,6 +312,9 @@ int main(int argc, char **argv) {
     cudaCheck(cudaEventCreate(&t0));
     cudaCheck(cudaEventCreate(&t1));
     double ema_tokens_per_s = 0.0;
+    if (rank0)
+        printf("start-up: %.1f s from launch (%s %.1f s)\n", wall_seconds() - launch_time,
+               start_step > 0 ? "checkpoint read and upload" : "parameter init and upload", sample_ready_time - params_time);
     for (int64_t step = start_step; step < args.steps; step++) {
         cudaCheck(cudaEventRecord(t0, stream));
         gpu_model_zero_grad(gm);

@@ -219,6 +219,59 @@ __device__ void block_gemm(int M, int N, int Kd, const FA &fa, const FB &fb, con
     block_gemm3<MMA>(M, N, Kd, fa, fb, 0, fa, fb, 0, fa, fb, epi);
 }
 
+// x = hi + lo + O(2^-16 |x|): the bf16 pair (hi of x, hi of y) and the pair of their remainders
+__device__ __forceinline__ void split_bf16(float x, float y, uint32_t &hi, uint32_t &lo) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    const float2 hf = __bfloat1622float2(h);
+    hi = *reinterpret_cast<const uint32_t *>(&h);
+    lo = pack_bf16(x - hf.x, y - hf.y);
+}
+
+// C = fa fb (M x N, inner Kd) handed to epi as block_gemm does, for float32 operands that one bf16
+// rounding would spoil (the L x L gate-gradient chain: sums whose terms cancel). With MMA each
+// operand is split into bf16 hi + lo and the product taken as hi*hi + hi*lo + lo*hi (three
+// tensor-core products, ~2^-16 relative error per term, float32-like); without, float32 FMA.
+template <bool MMA, class FA, class FB, class FE>
+__device__ void block_gemm_split(int M, int N, int Kd, const FA &fa, const FB &fb, const FE &epi) {
+    if constexpr (!MMA) {
+        block_gemm<false>(M, N, Kd, fa, fb, epi);
+    } else {
+        constexpr int NB = 2;   // 16 x 16 strips: 16 per 64 x 64 product, two per warp
+        const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, lane = threadIdx.x & 31;
+        const int g = lane >> 2, t = lane & 3, tn = N / (8 * NB), ntiles = (M >> 4) * tn;
+        for (int tile = warp; tile < ntiles; tile += nwarps) {
+            const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NB, r0 = m0 + g, r1 = r0 + 8;
+            float c[NB][4] = {};
+            for (int k = 0; k < Kd; k += 16) {
+                const int k0 = k + 2 * t, k1 = k0 + 8;
+                uint32_t ah[4], al[4];
+                split_bf16(fa(r0, k0), fa(r0, k0 + 1), ah[0], al[0]);
+                split_bf16(fa(r1, k0), fa(r1, k0 + 1), ah[1], al[1]);
+                split_bf16(fa(r0, k1), fa(r0, k1 + 1), ah[2], al[2]);
+                split_bf16(fa(r1, k1), fa(r1, k1 + 1), ah[3], al[3]);
+#pragma unroll
+                for (int nb = 0; nb < NB; nb++) {
+                    const int col = n0 + 8 * nb + g;
+                    uint32_t bh[2], bl[2];
+                    split_bf16(fb(k0, col), fb(k0 + 1, col), bh[0], bl[0]);
+                    split_bf16(fb(k1, col), fb(k1 + 1, col), bh[1], bl[1]);
+                    mma_bf16_16816(c[nb], al[0], al[1], al[2], al[3], bh[0], bh[1]);
+                    mma_bf16_16816(c[nb], ah[0], ah[1], ah[2], ah[3], bl[0], bl[1]);
+                    mma_bf16_16816(c[nb], ah[0], ah[1], ah[2], ah[3], bh[0], bh[1]);
+                }
+            }
+#pragma unroll
+            for (int nb = 0; nb < NB; nb++) {
+                const int col = n0 + 8 * nb + 2 * t;
+                epi(r0, col, c[nb][0]);
+                epi(r0, col + 1, c[nb][1]);
+                epi(r1, col, c[nb][2]);
+                epi(r1, col + 1, c[nb][3]);
+            }
+        }
+    }
+}
+
 // Copy `rows` rows of `cols` elements (cols a multiple of 16 bytes' worth) from global rows
 // src + i*src_stride into shared dst + i*ldd with 16-byte accesses, times scale[i] when scale is
 // non-NULL; rows >= rows_valid are zero (the last chunk's padding).
@@ -1713,11 +1766,11 @@ __global__ void __launch_bounds__(NTHREADS)
         F2[i * LDL + j] = j < i ? -F2[i * LDL + j] * G[(i - 1) * LDL + j] : 0.f;
     }
     // Gamma = Ea diag(beta) Em, b = Ea (beta o m): P3 = dGamma Em^T (into QK), M2 = (Ea o beta)^T dGamma (into KK)
-    block_gemm<false>(
+    block_gemm_split<MMA>(
         CH, CH, CH, [=](int i, int j) { return dG[i * LDL + j]; }, [=](int j, int l) { return Em[l * LDL + j]; },
         [=](int i, int l, float v) { QK[i * LDL + l] = v; });
     const float *be = c.be;
-    block_gemm<false>(
+    block_gemm_split<MMA>(
         CH, CH, CH, [=](int l, int i) { return Ea[i * LDL + l] * be[l]; }, [=](int i, int j) { return dG[i * LDL + j]; },
         [=](int l, int j, float v) { KK[l * LDL + j] = v; });
     __syncthreads();
@@ -1769,12 +1822,14 @@ __global__ void __launch_bounds__(NTHREADS)
     __syncthreads();
     // K slices: dqbar = dQst + Dq (eta o khat); dkappa = dKst + Dq^T qbar + Dp^T (pa o khat);
     // dp = dPst + Dp (eta o khat). Then dkhat = eta dkappa + pa dp, dqhat = K^-1/2 dqbar.
-    const int i = tid >> 2, sub = tid & 3;
-    const bool valid = t0 + i < d.T;
-    const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K;
-    const size_t wsrow = ((size_t)bhc * CH + i) * K;
-    const float et_i = c.et[i], pa_i = pa_src[i], rq_i = s.rq[i], rk_i = s.rk[i];
-    float deta_acc = 0.f, dpa_acc = 0.f, dotq = 0.f, dotk = 0.f;
+    // The combine and the L2-norm backward run a warp per row (lanes along the row: every global
+    // access coalesced) over the warp's ROWS_PER_WARP rows, with all the rows' loads issued before
+    // their first use: one memory latency per column step instead of one per row (a 4-thread
+    // row layout spent ~40% of this kernel waiting on global loads, at 1 CTA per SM).
+    constexpr int ROWS_PER_WARP = CH / (NTHREADS / 32);
+    const int warp = tid >> 5, lane = tid & 31, row0 = warp * ROWS_PER_WARP;
+    // per row: <dkappa, khat>, <dp, khat>, <dqhat, qhat>, <dkhat, khat> (lane partials)
+    float dots[ROWS_PER_WARP][4] = {};
     float *O1 = QK, *O2 = KK, *O3 = dG;   // [CH][LDL] hold [CH][KS] slices (KS <= CH)
     const float *et = c.et;
     for (int k0 = 0; k0 < K; k0 += KS) {
@@ -1793,39 +1848,74 @@ __global__ void __launch_bounds__(NTHREADS)
             CH, KS, CH, [=](int i2, int j) { return F2[i2 * LDL + j]; }, fetak,
             [=](int i2, int cc, float v) { O3[i2 * LDL + cc] = v; });
         __syncthreads();
-        for (int cc = sub; cc < KS; cc += 4) {
+        for (int cc = lane; cc < KS; cc += 32) {
             const int kk = k0 + cc;
-            const float qh = valid ? to_f(q[rowbase + kk]) * rq_i : 0.f, kh = valid ? to_f(k[rowbase + kk]) * rk_i : 0.f;
-            const float dqbar = dQst[wsrow + kk] + O1[i * LDL + cc];
-            const float dkap = dKst[wsrow + kk] + O2[i * LDL + cc];
-            const float dp = dPst[wsrow + kk] + O3[i * LDL + cc];
-            deta_acc = fmaf(dkap, kh, deta_acc);
-            dpa_acc = fmaf(dp, kh, dpa_acc);
-            const float dkh = et_i * dkap + pa_i * dp, dqh = d.qscale * dqbar;
-            dotq = fmaf(dqh, qh, dotq);
-            dotk = fmaf(dkh, kh, dotk);
-            dQst[wsrow + kk] = dqh;
-            dKst[wsrow + kk] = dkh;
+            float qraw[ROWS_PER_WARP], kraw[ROWS_PER_WARP], dqs[ROWS_PER_WARP], dks[ROWS_PER_WARP], dps[ROWS_PER_WARP];
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                const int i = row0 + r;
+                const bool valid = t0 + i < d.T;
+                const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K, wsrow = ((size_t)bhc * CH + i) * K;
+                qraw[r] = valid ? to_f(q[rowbase + kk]) : 0.f;
+                kraw[r] = valid ? to_f(k[rowbase + kk]) : 0.f;
+                dqs[r] = dQst[wsrow + kk];
+                dks[r] = dKst[wsrow + kk];
+                dps[r] = dPst[wsrow + kk];
+            }
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                const int i = row0 + r;
+                const size_t wsrow = ((size_t)bhc * CH + i) * K;
+                const float qh = qraw[r] * s.rq[i], kh = kraw[r] * s.rk[i];
+                const float dqbar = dqs[r] + O1[i * LDL + cc];
+                const float dkap = dks[r] + O2[i * LDL + cc];
+                const float dp = dps[r] + O3[i * LDL + cc];
+                dots[r][0] = fmaf(dkap, kh, dots[r][0]);
+                dots[r][1] = fmaf(dp, kh, dots[r][1]);
+                const float dkh = et[i] * dkap + pa_src[i] * dp, dqh = d.qscale * dqbar;
+                dots[r][2] = fmaf(dqh, qh, dots[r][2]);
+                dots[r][3] = fmaf(dkh, kh, dots[r][3]);
+                dQst[wsrow + kk] = dqh;
+                dKst[wsrow + kk] = dkh;
+            }
         }
         __syncthreads();
     }
-    float red[4] = {deta_acc, dpa_acc, dotq, dotk};
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        red[j] += __shfl_xor_sync(0xffffffffu, red[j], 1);
-        red[j] += __shfl_xor_sync(0xffffffffu, red[j], 2);
-    }
+    for (int r = 0; r < ROWS_PER_WARP; r++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            for (int o = 16; o > 0; o >>= 1) dots[r][j] += __shfl_xor_sync(0xffffffffu, dots[r][j], o);
     // L2 norm backward: dx = r (dy - <dy, y> y)
-    if (valid)
-        for (int cc = sub; cc < K; cc += 4) {
-            const float qh = to_f(q[rowbase + cc]) * rq_i, kh = to_f(k[rowbase + cc]) * rk_i;
-            if (dq) dq[rowbase + cc] = from_f<T>(rq_i * (dQst[wsrow + cc] - red[2] * qh));
-            if (dk) dk[rowbase + cc] = from_f<T>(rk_i * (dKst[wsrow + cc] - red[3] * kh));
+    for (int cc = lane; cc < K; cc += 32) {
+        float qraw[ROWS_PER_WARP], kraw[ROWS_PER_WARP], dqs[ROWS_PER_WARP], dks[ROWS_PER_WARP];
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            const int i = row0 + r;
+            const bool valid = t0 + i < d.T;
+            const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K, wsrow = ((size_t)bhc * CH + i) * K;
+            qraw[r] = valid ? to_f(q[rowbase + cc]) : 0.f;
+            kraw[r] = valid ? to_f(k[rowbase + cc]) : 0.f;
+            dqs[r] = dQst[wsrow + cc];
+            dks[r] = dKst[wsrow + cc];
         }
-    if (sub == 0) {
-        s.deta[i] = red[0];
-        s.dlad[i] = d.use_p ? c.al[i] * red[1] : 0.f;   // p = alpha khat
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            const int i = row0 + r;
+            if (t0 + i >= d.T) continue;
+            const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K;
+            const float rq_i = s.rq[i], rk_i = s.rk[i], qh = qraw[r] * rq_i, kh = kraw[r] * rk_i;
+            if (dq) dq[rowbase + cc] = from_f<T>(rq_i * (dqs[r] - dots[r][2] * qh));
+            if (dk) dk[rowbase + cc] = from_f<T>(rk_i * (dks[r] - dots[r][3] * kh));
+        }
     }
+    if (lane == 0)
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            const int i = row0 + r;
+            s.deta[i] = dots[r][0];
+            s.dlad[i] = d.use_p ? c.al[i] * dots[r][1] : 0.f;   // p = alpha khat
+        }
     __syncthreads();
     if (tid < CH && t0 + tid < d.T) {
         const int r = tid;
