@@ -28,14 +28,14 @@
 //   forward  prepare: Khat Khat^T, Qbar Khat^T                          4 L^2 K
 //            state:   R = V + Pab X (L x 2K x V), O = Qab X (same), X update (2K x L x V)
 //                     -> 12 L K V; U = T^-1 R, QKG U -> 4 L^2 V
-//   backward prepare again 4 L^2 K; recompute states without O: 8 L K V + 2 L^2 V;
+//   backward (from the forward's saved prepare results) recompute states without O: 8 L K V + 2 L^2 V;
 //            reverse pass: KK dX1 (4 L K V), QKG^T dO, T^-T dU (4 L^2 V), Qab^T dO + Pab^T G (8 L K V);
 //            state grads: dO X^T, G X^T, U dX^T (12 L K V), dO U^T, G U^T (4 L^2 V);
 //            chunk pass: QK, KK (4 L^2 K), four L x L x K products (8 L^2 K)
 // (the O(L^3) gate algebra and the triangular inverse are left out: under 2%).
 static double flops_fwd(double L, double K, double V) { return 4 * L * L * K + 12 * L * K * V + 4 * L * L * V; }
 static double flops_bwd(double L, double K, double V) {
-    return 4 * L * L * K + (8 * L * K * V + 2 * L * L * V) + (12 * L * K * V + 4 * L * L * V) +
+    return (8 * L * K * V + 2 * L * L * V) + (12 * L * K * V + 4 * L * L * V) +
            (12 * L * K * V + 4 * L * L * V) + 12 * L * L * K;
 }
 
@@ -90,7 +90,7 @@ static void bench_shape(const char *name, MdnCudaShape sh, int iters) {
     MdnCudaGrads gr = {dalloc(nq * es), dalloc(nq * es), dalloc(nv * es), (float *)dalloc(ng * 4),
                        (float *)dalloc(ng * 4), (float *)dalloc(ng * 4), (float *)dalloc(ng * 4), NULL, NULL};
     const size_t wsize = std::max(mdn_chunk_forward_workspace_size(&sh), mdn_chunk_backward_workspace_size(&sh));
-    void *ws = dalloc(wsize);
+    void *ws = dalloc(wsize), *saved = dalloc(mdn_chunk_saved_size(&sh));   // the backward reuses the forward's results, as the trainer does
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0));
     CUDA_CHECK(cudaEventCreate(&e1));
@@ -99,7 +99,7 @@ static void bench_shape(const char *name, MdnCudaShape sh, int iters) {
         const int s = (it + 3) % NSETS;
         float ms;
         CUDA_CHECK(cudaEventRecord(e0));
-        CUDA_CHECK(mdn_chunk_forward_cuda(&sh, &in[s], o, NULL, NULL, ws, 0));
+        CUDA_CHECK(mdn_chunk_forward_cuda(&sh, &in[s], o, NULL, NULL, saved, ws, 0));
         CUDA_CHECK(cudaEventRecord(e1));
         CUDA_CHECK(cudaEventSynchronize(e1));
         CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
@@ -109,8 +109,8 @@ static void bench_shape(const char *name, MdnCudaShape sh, int iters) {
         const int s = (it + 3) % NSETS;
         float ms;
         CUDA_CHECK(cudaEventRecord(e0));
-        CUDA_CHECK(mdn_chunk_forward_cuda(&sh, &in[s], o, NULL, NULL, ws, 0));
-        CUDA_CHECK(mdn_chunk_backward_cuda(&sh, &in[s], d_o[s], NULL, NULL, &gr, ws, 0));
+        CUDA_CHECK(mdn_chunk_forward_cuda(&sh, &in[s], o, NULL, NULL, saved, ws, 0));
+        CUDA_CHECK(mdn_chunk_backward_cuda(&sh, &in[s], d_o[s], NULL, NULL, &gr, saved, ws, 0));
         CUDA_CHECK(cudaEventRecord(e1));
         CUDA_CHECK(cudaEventSynchronize(e1));
         CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
@@ -134,7 +134,7 @@ static void bench_shape(const char *name, MdnCudaShape sh, int iters) {
                       (void *)in[s].log_mu, (void *)in[s].beta, (void *)in[s].eta, d_o[s]};
         for (void *p : ps) CUDA_CHECK(cudaFree(p));
     }
-    void *ps[] = {o, gr.dq, gr.dk, gr.dv, gr.dlog_alpha, gr.dlog_mu, gr.dbeta, gr.deta, ws};
+    void *ps[] = {o, gr.dq, gr.dk, gr.dv, gr.dlog_alpha, gr.dlog_mu, gr.dbeta, gr.deta, ws, saved};
     for (void *p : ps) CUDA_CHECK(cudaFree(p));
     CUDA_CHECK(cudaEventDestroy(e0));
     CUDA_CHECK(cudaEventDestroy(e1));

@@ -158,8 +158,8 @@ static void run_cuda(OpCase *c) {
     cuda_try(cudaMalloc(&work, (ws > wb ? ws : wb) + 256), "cudaMalloc workspace");
     MdnCudaInputs in = {din[0], din[1], din[2], din[3], din[4], din[5], din[6], din[7], din[8]};
     MdnCudaGrads g = {dout[0], dout[1], dout[2], dout[3], dout[4], dout[5], dout[6], dout[7], dout[8]};
-    cuda_try(mdn_chunk_forward_cuda(&sh, &in, dout[9], dout[10], dout[11], work, 0), "mdn_chunk_forward_cuda");
-    cuda_try(mdn_chunk_backward_cuda(&sh, &in, d_do, NULL, NULL, &g, work, 0), "mdn_chunk_backward_cuda");
+    cuda_try(mdn_chunk_forward_cuda(&sh, &in, dout[9], dout[10], dout[11], NULL, work, 0), "mdn_chunk_forward_cuda");
+    cuda_try(mdn_chunk_backward_cuda(&sh, &in, d_do, NULL, NULL, &g, NULL, work, 0), "mdn_chunk_backward_cuda");
     cuda_try(cudaDeviceSynchronize(), "the op's kernels");
     for (int i = 0; i < N_OUTPUTS; i++) {
         if (c->out[i] == NULL) continue;

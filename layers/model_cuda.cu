@@ -27,17 +27,19 @@ typedef struct {
 struct GpuActs {
     // kept for the backward, per layer
     float **resid;          // [L+1][BT, D]: block inputs; resid[L] is the final residual stream
-    float **h;              // [L][BT, D]: after the mixer
-    float **rstd1, **rstd2; // [L][BT]
+    float **rstd1;          // [L][BT]
     void **proj;            // [L][BT, 2HK+2HV]: q|k|v (before the conv) | g
     float **abme;           // [L][BT, 4H]: gate logits a|b|m|e
     float **gates;          // [L][4, BT, H]: log_alpha, log_mu, beta, eta
     void **o;               // [L][BT, HV]: the op's output
+    void **op_saved;        // [L]: the op forward's per-chunk results its backward reuses (mdn_cuda.cuh)
     float **orstd;          // [L][BT*H]
     void **gate_up;         // [L][BT, 2I]
     void *xf;               // [BT, D] final normed
     float *rstdf;           // [BT]
     // recomputed or per-layer scratch
+    float *h, *rstd2;       // [BT, D], [BT]: after the current block's mixer (the backward recomputes
+                            // it from resid[l] and o_proj: one matmul a layer instead of L fp32 copies)
     void *xn, *q, *k, *v, *on, *hn, *act, *tmpD;
     // backward scratch
     float *dresid;          // [BT, D] float32 gradient of the residual stream
@@ -180,18 +182,20 @@ static void carve_acts(GpuModel *m, Carver *c) {
     int L = cf->num_hidden_layers, D = cf->hidden_size, H = cf->num_heads, K = cf->head_dim, V = cf->value_dim;
     int I = cf->intermediate_size, N = cf->vocab_size, W = cf->conv_size;
     size_t BT = (size_t)m->max_B * m->T, HK = (size_t)H * K, HV = (size_t)H * V, PQ = 2 * HK + 2 * HV;
+    MdnCudaShape shape = {m->max_B, m->T, H, K, V, cf->use_p_times_alpha, m->use_bf16 ? MDN_DTYPE_BF16 : MDN_DTYPE_F32};
     for (int l = 0; l <= L; l++) a->resid[l] = (float *)carve(c, BT * D * 4);
     for (int l = 0; l < L; l++) {
-        a->h[l] = (float *)carve(c, BT * D * 4);
         a->rstd1[l] = (float *)carve(c, BT * 4);
-        a->rstd2[l] = (float *)carve(c, BT * 4);
         a->proj[l] = carve(c, BT * PQ * X);
         a->abme[l] = (float *)carve(c, BT * 4 * H * 4);
         a->gates[l] = (float *)carve(c, 4 * BT * H * 4);
         a->o[l] = carve(c, BT * HV * X);
         a->orstd[l] = (float *)carve(c, BT * H * 4);
         a->gate_up[l] = carve(c, BT * 2 * I * X);
+        a->op_saved[l] = carve(c, mdn_chunk_saved_size(&shape));
     }
+    a->h = (float *)carve(c, BT * D * 4);
+    a->rstd2 = (float *)carve(c, BT * 4);
     a->xf = carve(c, BT * D * X);
     a->rstdf = (float *)carve(c, BT * 4);
     a->xn = carve(c, BT * D * X);
@@ -226,7 +230,6 @@ static void carve_acts(GpuModel *m, Carver *c) {
     scratch = max_size(scratch, mdn_gates_backward_scratch_bytes((int)BT, H));
     scratch = max_size(scratch, output_correction_backward_scratch_bytes((int)BT, H));
     a->scratch = carve(c, scratch);
-    MdnCudaShape shape = {m->max_B, m->T, H, K, V, cf->use_p_times_alpha, m->use_bf16 ? MDN_DTYPE_BF16 : MDN_DTYPE_F32};
     a->op_workspace_bytes = max_size(mdn_chunk_forward_workspace_size(&shape), mdn_chunk_backward_workspace_size(&shape));
     a->op_workspace = carve(c, a->op_workspace_bytes);
     a->sumsq_partials = (double *)carve(c, REDUCE_PARTS * sizeof(double));
@@ -281,15 +284,14 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     GpuActs *a = (GpuActs *)xcalloc(1, sizeof(GpuActs));
     m->acts = a;
     a->resid = (float **)xcalloc((size_t)L + 1, sizeof(float *));
-    a->h = (float **)xcalloc((size_t)L, sizeof(float *));
     a->rstd1 = (float **)xcalloc((size_t)L, sizeof(float *));
-    a->rstd2 = (float **)xcalloc((size_t)L, sizeof(float *));
     a->proj = (void **)xcalloc((size_t)L, sizeof(void *));
     a->abme = (float **)xcalloc((size_t)L, sizeof(float *));
     a->gates = (float **)xcalloc((size_t)L, sizeof(float *));
     a->o = (void **)xcalloc((size_t)L, sizeof(void *));
     a->orstd = (float **)xcalloc((size_t)L, sizeof(float *));
     a->gate_up = (void **)xcalloc((size_t)L, sizeof(void *));
+    a->op_saved = (void **)xcalloc((size_t)L, sizeof(void *));
     Carver count = {NULL, 0};
     carve_acts(m, &count);
     m->acts_bytes = count.used;
@@ -346,8 +348,8 @@ void gpu_model_free(GpuModel *m) {
     cudaCheck(cudaFree(a->resid[0]));   // the first carve: the activations' one allocation
     cudaCheck(cudaFreeHost(a->host_tokens));
     cudaCheck(cudaFreeHost(a->host_losses));
-    free(a->resid); free(a->h); free(a->rstd1); free(a->rstd2); free(a->proj); free(a->abme);
-    free(a->gates); free(a->o); free(a->orstd); free(a->gate_up);
+    free(a->resid); free(a->rstd1); free(a->proj); free(a->abme);
+    free(a->gates); free(a->o); free(a->orstd); free(a->gate_up); free(a->op_saved);
     free(a);
     free(m->tensors);
     free(m);
@@ -484,14 +486,14 @@ static void forward_blocks(GpuModel *m, int B) {
         gpu_model_profile_mark(m, "gates forward");
         MdnCudaShape shape = {B, T, H, K, V, c->use_p_times_alpha, m->use_bf16 ? MDN_DTYPE_BF16 : MDN_DTYPE_F32};
         MdnCudaInputs in = op_inputs(m, l, B);
-        cudaCheck(mdn_chunk_forward_cuda(&shape, &in, a->o[l], NULL, NULL, a->op_workspace, s));
+        cudaCheck(mdn_chunk_forward_cuda(&shape, &in, a->o[l], NULL, NULL, a->op_saved[l], a->op_workspace, s));
         gpu_model_profile_mark(m, "MDN op forward");
         const X *gate = (const X *)a->proj[l] + 2 * HK + HV;
         gated_rmsnorm_forward_cuda<X>((X *)a->on, a->orstd[l], (const X *)a->o[l], gate, p.o_norm, BT * H, V, H, PQ, eps, s);
         gpu_model_profile_mark(m, "gated rmsnorm forward (and recompute)");
         linear_forward_cuda<X, X>((X *)a->tmpD, (const X *)a->on, w_o, BT, HV, D, s);
         gpu_model_profile_mark(m, "matmul o_proj forward");
-        residual_rmsnorm_forward_cuda<X>(a->h[l], (X *)a->hn, a->rstd2[l], a->resid[l], (const X *)a->tmpD, p.mlp_norm,
+        residual_rmsnorm_forward_cuda<X>(a->h, (X *)a->hn, a->rstd2, a->resid[l], (const X *)a->tmpD, p.mlp_norm,
                                          BT, D, eps, s);
         gpu_model_profile_mark(m, "residual + rmsnorm forward");
         // MLP
@@ -503,10 +505,10 @@ static void forward_blocks(GpuModel *m, int B) {
         gpu_model_profile_mark(m, "matmul down forward");
         // the residual add, fused into the next norm (the next block's, or the final one)
         if (l + 1 < L)
-            residual_rmsnorm_forward_cuda<X>(a->resid[l + 1], (X *)a->xn, a->rstd1[l + 1], a->h[l], (const X *)a->tmpD,
+            residual_rmsnorm_forward_cuda<X>(a->resid[l + 1], (X *)a->xn, a->rstd1[l + 1], a->h, (const X *)a->tmpD,
                                              layer_params(m, m->params, l + 1).attn_norm, BT, D, eps, s);
         else
-            residual_rmsnorm_forward_cuda<X>(a->resid[L], (X *)a->xf, a->rstdf, a->h[l], (const X *)a->tmpD,
+            residual_rmsnorm_forward_cuda<X>(a->resid[L], (X *)a->xf, a->rstdf, a->h, (const X *)a->tmpD,
                                              m->params + norm_offset(m), BT, D, eps, s);
         gpu_model_profile_mark(m, "residual + rmsnorm forward");
     }
@@ -534,9 +536,18 @@ static void backward_blocks(GpuModel *m, int B) {
         const X *w_o = wx + (p.o_proj - m->params), *w_gu = wx + (p.gate_up - m->params);
         const X *w_down = wx + (p.down - m->params);
         const X *gu = (const X *)a->gate_up[l];
-        // MLP: recompute its normed input and the SwiGLU product
-        rmsnorm_forward_cuda<X>((X *)a->hn, a->rstd2[l], a->h[l], p.mlp_norm, BT, D, eps, s);
-        gpu_model_profile_mark(m, "rmsnorm recompute");
+        const X *gate = (const X *)a->proj[l] + 2 * HK + HV;
+        // recompute the mixer's output: the gated norm (o_proj's input, kept for its weight
+        // gradient below), o_proj, and the residual stream after the mixer with the MLP's normed
+        // input; the same kernels on the same inputs as the forward, so the same bits
+        gated_rmsnorm_forward_cuda<X>((X *)a->on, a->orstd[l], (const X *)a->o[l], gate, p.o_norm, BT * H, V, H, PQ, eps, s);
+        gpu_model_profile_mark(m, "gated rmsnorm forward (and recompute)");
+        linear_forward_cuda<X, X>((X *)a->tmpD, (const X *)a->on, w_o, BT, HV, D, s);
+        gpu_model_profile_mark(m, "matmul o_proj forward (and recompute)");
+        residual_rmsnorm_forward_cuda<X>(a->h, (X *)a->hn, a->rstd2, a->resid[l], (const X *)a->tmpD, p.mlp_norm, BT, D,
+                                         eps, s);
+        gpu_model_profile_mark(m, "residual + rmsnorm recompute");
+        // MLP: recompute the SwiGLU product
         swiglu_forward_cuda<X>((X *)a->act, gu, gu + I, 2 * I, BT, I, s);
         gpu_model_profile_mark(m, "swiglu forward (and recompute)");
         linear_backward_cuda<X>((X *)a->dact, g.down, (const X *)a->dres_x, (const X *)a->act, w_down, BT, I, D, 0, s);
@@ -545,13 +556,10 @@ static void backward_blocks(GpuModel *m, int B) {
         gpu_model_profile_mark(m, "swiglu backward");
         linear_backward_cuda<X>((X *)a->dxn, g.gate_up, (const X *)a->dgu, (const X *)a->hn, w_gu, BT, D, 2 * I, 0, s);
         gpu_model_profile_mark(m, "matmul gate|up backward");
-        rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, g.mlp_norm, a->norm_partials, (const X *)a->dxn, a->h[l],
-                                 p.mlp_norm, a->rstd2[l], BT, D, s);   // dresid is now dL/dh
-        // mixer: recompute the gated norm's output for o_proj's weight gradient
-        const X *gate = (const X *)a->proj[l] + 2 * HK + HV;
+        rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, g.mlp_norm, a->norm_partials, (const X *)a->dxn, a->h,
+                                 p.mlp_norm, a->rstd2, BT, D, s);   // dresid is now dL/dh
         gpu_model_profile_mark(m, "rmsnorm backward");
-        gated_rmsnorm_forward_cuda<X>((X *)a->on, a->orstd[l], (const X *)a->o[l], gate, p.o_norm, BT * H, V, H, PQ, eps, s);
-        gpu_model_profile_mark(m, "gated rmsnorm forward (and recompute)");
+        // mixer
         linear_backward_cuda<X>((X *)a->don, g.o_proj, (const X *)a->dres_x, (const X *)a->on, w_o, BT, HV, D, 0, s);
         gpu_model_profile_mark(m, "matmul o_proj backward");
         X *dproj = (X *)a->dproj;
@@ -565,7 +573,7 @@ static void backward_blocks(GpuModel *m, int B) {
         MdnCudaInputs in = op_inputs(m, l, B);
         float *dg = a->dgates;
         MdnCudaGrads grads = {a->dq, a->dk, a->dv, dg, dg + BTH, dg + 2 * BTH, dg + 3 * BTH, NULL, NULL};
-        cudaCheck(mdn_chunk_backward_cuda(&shape, &in, a->d_o, NULL, NULL, &grads, a->op_workspace, s));
+        cudaCheck(mdn_chunk_backward_cuda(&shape, &in, a->d_o, NULL, NULL, &grads, a->op_saved[l], a->op_workspace, s));
         gpu_model_profile_mark(m, "MDN op backward");
         output_correction_backward_cuda<X>((X *)a->dq, (X *)a->dk, g.D_log, a->scratch, (const X *)a->dq,
                                            (const X *)a->k, p.D_log, BT, H, K, s);

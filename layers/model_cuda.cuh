@@ -21,10 +21,13 @@
 // everything is as without ZeRO (shard = layout_numel).
 //
 // Activations kept between forward and backward, per layer: the residual stream at the block input
-// and after the mixer (float32), the fused q|k|v|g projection, the gate logits and gates (float32),
-// the op's output, the MLP's gate|up projection, and the norms' rstd. Everything else (normed inputs,
-// conv outputs, gated-norm output, SwiGLU product) is recomputed in the backward: each is one cheap
-// pass over memory, and keeping them would cost more than half again as much memory.
+// (float32), the fused q|k|v|g projection, the gate logits and gates (float32), the op's output and
+// its per-chunk prepare results (T^-1, QKG, gate factors: ~57 MB at 400M B8xT4096, which spares the
+// backward a kernel), the MLP's gate|up projection, and the norms' rstd. Everything else (normed inputs, conv outputs,
+// gated-norm output, SwiGLU product) is recomputed in the backward: each is one cheap pass over
+// memory, and keeping them would cost more than half again as much memory. The residual stream after
+// the mixer is recomputed too (gated norm, o_proj matmul, residual add: the forward's kernels on the
+// same inputs, so the same bits): one matmul a layer (~2% of a step) for 3 GiB at 1B B4xT4096.
 #ifndef MDN_MODEL_CUDA_CUH
 #define MDN_MODEL_CUDA_CUH
 

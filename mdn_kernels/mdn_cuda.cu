@@ -2043,6 +2043,10 @@ static Plan make_plan(const MdnCudaShape *sh) {
     return p;
 }
 
+size_t mdn_chunk_saved_size(const MdnCudaShape *shape) {
+    if (mdn_cuda_check_shape(shape)) return 0;
+    return make_plan(shape).fwd_total;
+}
 size_t mdn_chunk_forward_workspace_size(const MdnCudaShape *shape) {
     if (mdn_cuda_check_shape(shape)) return 0;
     return make_plan(shape).fwd_total;
@@ -2062,11 +2066,11 @@ static cudaError_t launch(Kern kern, dim3 grid, size_t smem, cudaStream_t stream
 }
 
 template <int VT, int SPW>
-static cudaError_t state_fwd_fast_vt(const Plan &p, const MdnCudaInputs *in, char *ws, bool store, bf16 *o,
-                                     float *S_final, float *M_final, cudaStream_t stream) {
+static cudaError_t state_fwd_fast_vt(const Plan &p, const MdnCudaInputs *in, const char *prep, char *ws, bool store,
+                                     bf16 *o, float *S_final, float *M_final, cudaStream_t stream) {
     const Dims &d = p.d;
-    const float *vec = (const float *)(ws + p.vec);
-    const bf16 *tinv = (const bf16 *)(ws + p.tinv), *qkg = (const bf16 *)(ws + p.qkg);
+    const float *vec = (const float *)(prep + p.vec);
+    const bf16 *tinv = (const bf16 *)(prep + p.tinv), *qkg = (const bf16 *)(prep + p.qkg);
     const dim3 grid(d.V / VT, d.B * d.H);
     if (store && p.fast_grads)
         return launch(mdn_state_fwd_fast_kernel<VT, SPW, true, bf16>, grid, fast_smem(d.K, VT, FAST_STORE), stream, d,
@@ -2080,34 +2084,35 @@ static cudaError_t state_fwd_fast_vt(const Plan &p, const MdnCudaInputs *in, cha
                   (const bf16 *)in->q, (const bf16 *)in->k, (const bf16 *)in->v, in->S0, in->M0, vec, tinv, qkg, o,
                   S_final, M_final, (float *)nullptr, (bf16 *)nullptr);
 }
-static cudaError_t state_fwd_fast(const Plan &p, const MdnCudaInputs *in, char *ws, bool store, bf16 *o,
-                                  float *S_final, float *M_final, cudaStream_t stream) {
+static cudaError_t state_fwd_fast(const Plan &p, const MdnCudaInputs *in, const char *prep, char *ws, bool store,
+                                  bf16 *o, float *S_final, float *M_final, cudaStream_t stream) {
     const int vt = store ? p.vt_store : p.d.Vt;
     Plan q = p;
     q.d.Vt = vt;
     const bool two = fast_strips_per_warp(p.d.K, vt) == 2;
     if (vt == 64)
-        return two ? state_fwd_fast_vt<64, 2>(q, in, ws, store, o, S_final, M_final, stream)
-                   : state_fwd_fast_vt<64, 1>(q, in, ws, store, o, S_final, M_final, stream);
+        return two ? state_fwd_fast_vt<64, 2>(q, in, prep, ws, store, o, S_final, M_final, stream)
+                   : state_fwd_fast_vt<64, 1>(q, in, prep, ws, store, o, S_final, M_final, stream);
     if (vt == 32)
-        return two ? state_fwd_fast_vt<32, 2>(q, in, ws, store, o, S_final, M_final, stream)
-                   : state_fwd_fast_vt<32, 1>(q, in, ws, store, o, S_final, M_final, stream);
-    return two ? state_fwd_fast_vt<16, 2>(q, in, ws, store, o, S_final, M_final, stream)
-               : state_fwd_fast_vt<16, 1>(q, in, ws, store, o, S_final, M_final, stream);
+        return two ? state_fwd_fast_vt<32, 2>(q, in, prep, ws, store, o, S_final, M_final, stream)
+                   : state_fwd_fast_vt<32, 1>(q, in, prep, ws, store, o, S_final, M_final, stream);
+    return two ? state_fwd_fast_vt<16, 2>(q, in, prep, ws, store, o, S_final, M_final, stream)
+               : state_fwd_fast_vt<16, 1>(q, in, prep, ws, store, o, S_final, M_final, stream);
 }
 template <int VT, int SPW>
 static cudaError_t state_bwd_fast_vt(const Plan &p, const MdnCudaInputs *in, const bf16 *d_o, const float *dS_final,
-                                     const float *dM_final, bf16 *G, MdnCudaGrads *gr, char *ws, cudaStream_t stream) {
+                                     const float *dM_final, bf16 *G, MdnCudaGrads *gr, const char *prep, char *ws,
+                                     cudaStream_t stream) {
     Dims d = p.d;
     d.Vt = VT;
     if (p.fast_grads)
         return launch(mdn_state_bwd_fast_kernel<VT, SPW, bf16>, dim3(d.V / VT, d.B * d.H), fast_smem(d.K, VT, FAST_BWD),
                       stream, d, (const bf16 *)in->q, (const bf16 *)in->k, d_o, dS_final, dM_final,
-                      (const float *)(ws + p.vec), (const bf16 *)(ws + p.tinv), (const bf16 *)(ws + p.qkg), G,
+                      (const float *)(prep + p.vec), (const bf16 *)(prep + p.tinv), (const bf16 *)(prep + p.qkg), G,
                       (bf16 *)(ws + p.dx), gr->dS0, gr->dM0);
     return launch(mdn_state_bwd_fast_kernel<VT, SPW, float>, dim3(d.V / VT, d.B * d.H), fast_smem(d.K, VT, FAST_BWD), stream, d,
-                  (const bf16 *)in->q, (const bf16 *)in->k, d_o, dS_final, dM_final, (const float *)(ws + p.vec),
-                  (const bf16 *)(ws + p.tinv), (const bf16 *)(ws + p.qkg), G, (float *)(ws + p.dx), gr->dS0, gr->dM0);
+                  (const bf16 *)in->q, (const bf16 *)in->k, d_o, dS_final, dM_final, (const float *)(prep + p.vec),
+                  (const bf16 *)(prep + p.tinv), (const bf16 *)(prep + p.qkg), G, (float *)(ws + p.dx), gr->dS0, gr->dM0);
 }
 
 // MDN_CUDA_PROFILE=1 in the environment: the backward times each kernel with events and prints
@@ -2132,21 +2137,26 @@ struct Profile {
     }
 };
 
+// the prepare kernel into prep (unless run_prepare is false: prep already holds its results for
+// these inputs), then the forward state pass (store: the backward's recompute, into ws)
 template <typename T>
-static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, char *ws, bool store, T *o,
-                                     float *S_final, float *M_final, cudaStream_t stream, Profile *prof = nullptr) {
+static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, char *prep, bool run_prepare, char *ws,
+                                     bool store, T *o, float *S_final, float *M_final, cudaStream_t stream,
+                                     Profile *prof = nullptr) {
     const Dims &d = p.d;
     const unsigned nbhc = (unsigned)(d.B * d.H * d.NC);
-    PrepSmem<T> ps;
-    const size_t prep_smem = carve_prep<T>(ps, nullptr, d.K);
-    float *vec = (float *)(ws + p.vec);
-    T *tinv = (T *)(ws + p.tinv), *qkg = (T *)(ws + p.qkg);
-    cudaError_t err = launch(mdn_prepare_kernel<T>, dim3(nbhc), prep_smem, stream, d, (const T *)in->q,
-                             (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, tinv, qkg);
-    if (err != cudaSuccess) return err;
+    float *vec = (float *)(prep + p.vec);
+    T *tinv = (T *)(prep + p.tinv), *qkg = (T *)(prep + p.qkg);
+    if (run_prepare) {
+        PrepSmem<T> ps;
+        const size_t prep_smem = carve_prep<T>(ps, nullptr, d.K);
+        cudaError_t err = launch(mdn_prepare_kernel<T>, dim3(nbhc), prep_smem, stream, d, (const T *)in->q,
+                                 (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, tinv, qkg);
+        if (err != cudaSuccess) return err;
+    }
     if (prof) prof->mark(stream, "prepare");
     if constexpr (std::is_same<T, bf16>::value)
-        if (p.fast) return state_fwd_fast(p, in, ws, store, o, S_final, M_final, stream);
+        if (p.fast) return state_fwd_fast(p, in, prep, ws, store, o, S_final, M_final, stream);
     const dim3 grid(d.V / d.Vt, d.B * d.H);
     const size_t smem = state_smem<T>(d.K, d.Vt, false);
     if (store)
@@ -2159,28 +2169,32 @@ static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, cha
 }
 
 cudaError_t mdn_chunk_forward_cuda(const MdnCudaShape *shape, const MdnCudaInputs *in, void *o, float *S_final,
-                                   float *M_final, void *workspace, cudaStream_t stream) {
+                                   float *M_final, void *saved, void *workspace, cudaStream_t stream) {
     if (mdn_cuda_check_shape(shape)) return cudaErrorInvalidValue;
     const Plan p = make_plan(shape);
+    char *prep = (char *)(saved ? saved : workspace);
     if (shape->dtype == MDN_DTYPE_BF16)
-        return prepare_and_state<__nv_bfloat16>(p, in, (char *)workspace, false, (__nv_bfloat16 *)o, S_final, M_final,
-                                                stream);
-    return prepare_and_state<float>(p, in, (char *)workspace, false, (float *)o, S_final, M_final, stream);
+        return prepare_and_state<__nv_bfloat16>(p, in, prep, true, (char *)workspace, false, (__nv_bfloat16 *)o, S_final,
+                                                M_final, stream);
+    return prepare_and_state<float>(p, in, prep, true, (char *)workspace, false, (float *)o, S_final, M_final, stream);
 }
 
 template <typename T>
 static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T *d_o, const float *dS_final,
-                                 const float *dM_final, MdnCudaGrads *gr, char *ws, cudaStream_t stream) {
+                                 const float *dM_final, MdnCudaGrads *gr, const void *saved, char *ws,
+                                 cudaStream_t stream) {
     const Dims &d = p.d;
     const char *pe = getenv("MDN_CUDA_PROFILE");
     Profile profile, *prof = pe && pe[0] == '1' ? &profile : nullptr;
     if (prof) prof->mark(stream, "start");
-    cudaError_t err = prepare_and_state<T>(p, in, ws, true, nullptr, nullptr, nullptr, stream, prof);
+    // the prepare results: the forward's (saved), else recomputed into the workspace
+    char *prep = saved ? (char *)saved : ws;
+    cudaError_t err = prepare_and_state<T>(p, in, prep, saved == nullptr, ws, true, nullptr, nullptr, nullptr, stream, prof);
     if (err != cudaSuccess) return err;
     if (prof) prof->mark(stream, "recompute");
     const unsigned nbhc = (unsigned)(d.B * d.H * d.NC);
-    const float *vec = (const float *)(ws + p.vec);
-    const T *tinv = (const T *)(ws + p.tinv), *qkg = (const T *)(ws + p.qkg);
+    const float *vec = (const float *)(prep + p.vec);
+    const T *tinv = (const T *)(prep + p.tinv), *qkg = (const T *)(prep + p.qkg);
     T *G = gr->dv ? (T *)gr->dv : (T *)(ws + p.g);
     Dims db = d;
     db.Vt = p.vt_bwd;
@@ -2188,14 +2202,14 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
         if (p.fast) {
             const bool two = fast_strips_per_warp(d.K, p.vt_bwd) == 2;
             if (p.vt_bwd == 64)
-                err = two ? state_bwd_fast_vt<64, 2>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream)
-                          : state_bwd_fast_vt<64, 1>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream);
+                err = two ? state_bwd_fast_vt<64, 2>(p, in, d_o, dS_final, dM_final, G, gr, prep, ws, stream)
+                          : state_bwd_fast_vt<64, 1>(p, in, d_o, dS_final, dM_final, G, gr, prep, ws, stream);
             else if (p.vt_bwd == 32)
-                err = two ? state_bwd_fast_vt<32, 2>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream)
-                          : state_bwd_fast_vt<32, 1>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream);
+                err = two ? state_bwd_fast_vt<32, 2>(p, in, d_o, dS_final, dM_final, G, gr, prep, ws, stream)
+                          : state_bwd_fast_vt<32, 1>(p, in, d_o, dS_final, dM_final, G, gr, prep, ws, stream);
             else
-                err = two ? state_bwd_fast_vt<16, 2>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream)
-                          : state_bwd_fast_vt<16, 1>(p, in, d_o, dS_final, dM_final, G, gr, ws, stream);
+                err = two ? state_bwd_fast_vt<16, 2>(p, in, d_o, dS_final, dM_final, G, gr, prep, ws, stream)
+                          : state_bwd_fast_vt<16, 1>(p, in, d_o, dS_final, dM_final, G, gr, prep, ws, stream);
         }
     }
     if (!p.fast) err = launch(mdn_state_bwd_kernel<T>, dim3(d.V / db.Vt, d.B * d.H), state_smem<T>(d.K, db.Vt, true), stream, db,
@@ -2243,11 +2257,11 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
 
 cudaError_t mdn_chunk_backward_cuda(const MdnCudaShape *shape, const MdnCudaInputs *in, const void *d_o,
                                     const float *dS_final, const float *dM_final, MdnCudaGrads *grads,
-                                    void *workspace, cudaStream_t stream) {
+                                    const void *saved, void *workspace, cudaStream_t stream) {
     if (mdn_cuda_check_shape(shape)) return cudaErrorInvalidValue;
     const Plan p = make_plan(shape);
     if (shape->dtype == MDN_DTYPE_BF16)
-        return backward_impl<__nv_bfloat16>(p, in, (const __nv_bfloat16 *)d_o, dS_final, dM_final, grads,
+        return backward_impl<__nv_bfloat16>(p, in, (const __nv_bfloat16 *)d_o, dS_final, dM_final, grads, saved,
                                             (char *)workspace, stream);
-    return backward_impl<float>(p, in, (const float *)d_o, dS_final, dM_final, grads, (char *)workspace, stream);
+    return backward_impl<float>(p, in, (const float *)d_o, dS_final, dM_final, grads, saved, (char *)workspace, stream);
 }

@@ -10,10 +10,11 @@
 // Every pointer is a device pointer; all work is queued on `stream`, nothing synchronises.
 // Supported head dims: K and V multiples of 16, K <= 256, and V <= 64 or V a multiple of 64.
 //
-// The backward recomputes the forward's chunk quantities and the per-chunk states from the
-// inputs (one extra forward state pass, no output) instead of having the forward save them:
-// the forward stays a pure function of its inputs and the trainer holds no per-layer state
-// between forward and backward, at the cost of about a third more arithmetic in the backward.
+// The backward recomputes the per-chunk states from the inputs (one extra forward state pass, no
+// output) instead of having the forward save them (2K x V per chunk: 8.5 GB a step at 400M). The
+// forward's per-chunk gate factors, T^-1 and QKG (`saved`, ~57 MB a layer at 400M B8xT4096) can
+// be kept by the caller and handed to the backward, which then skips recomputing them (the
+// prepare kernel, ~7% of the backward); with saved NULL the backward recomputes them too.
 #ifndef MDN_CUDA_CUH
 #define MDN_CUDA_CUH
 
@@ -43,19 +44,23 @@ typedef struct {
 // 0 if the shape is supported, else a static message saying why not.
 const char *mdn_cuda_check_shape(const MdnCudaShape *shape);
 
-// bytes of device workspace the calls below need (256-byte aligned pointer)
+// bytes of device workspace the calls below need, and of the forward's reusable results (`saved`);
+// every pointer 256-byte aligned
 size_t mdn_chunk_forward_workspace_size(const MdnCudaShape *shape);
 size_t mdn_chunk_backward_workspace_size(const MdnCudaShape *shape);
+size_t mdn_chunk_saved_size(const MdnCudaShape *shape);
 
-// forward: writes o [B,T,H,V] (dtype) and, when non-NULL, S_final, M_final (float32).
+// forward: writes o [B,T,H,V] (dtype) and, when non-NULL, S_final, M_final (float32); when saved
+// is non-NULL, also the per-chunk results a backward can reuse (mdn_chunk_saved_size bytes).
 // Returns cudaSuccess or the first launch error.
 cudaError_t mdn_chunk_forward_cuda(const MdnCudaShape *shape, const MdnCudaInputs *in, void *o,
-                                   float *S_final, float *M_final, void *workspace, cudaStream_t stream);
+                                   float *S_final, float *M_final, void *saved, void *workspace, cudaStream_t stream);
 
 // backward of sum(o*d_o) + <dS_final, S_T> + <dM_final, M_T> (dS_final, dM_final may be NULL:
-// zero); overwrites every non-NULL gradient in `grads`.
+// zero); overwrites every non-NULL gradient in `grads`. saved: NULL, or what a forward on the same
+// inputs wrote there (it is read, not changed).
 cudaError_t mdn_chunk_backward_cuda(const MdnCudaShape *shape, const MdnCudaInputs *in, const void *d_o,
                                     const float *dS_final, const float *dM_final, MdnCudaGrads *grads,
-                                    void *workspace, cudaStream_t stream);
+                                    const void *saved, void *workspace, cudaStream_t stream);
 
 #endif // MDN_CUDA_CUH

@@ -331,9 +331,9 @@ static int run_case(const Case &cs, bool bf16, double tol, int *checked) {
     const size_t wsize = mdn_chunk_backward_workspace_size(&sh);
     if (mdn_chunk_forward_workspace_size(&sh) > wsize) die("forward workspace larger than backward's");
     void *ws = poisoned(wsize / 4 + 1, false);
-    CUDA_CHECK(mdn_chunk_forward_cuda(&sh, &in, o, ST, MT, ws, 0));
+    CUDA_CHECK(mdn_chunk_forward_cuda(&sh, &in, o, ST, MT, NULL, ws, 0));
     CUDA_CHECK(cudaMemset(ws, 0xff, wsize));
-    CUDA_CHECK(mdn_chunk_backward_cuda(&sh, &in, d_o, dST, dMT, &gr, ws, 0));
+    CUDA_CHECK(mdn_chunk_backward_cuda(&sh, &in, d_o, dST, dMT, &gr, NULL, ws, 0));
     CUDA_CHECK(cudaDeviceSynchronize());
     const char *names[] = {"o", "S_T", "M_T", "dq", "dk", "dv", "dlog_alpha", "dlog_mu", "dbeta", "deta", "dS0", "dM0"};
     const void *dptr[] = {o, ST, MT, gr.dq, gr.dk, gr.dv, gr.dlog_alpha, gr.dlog_mu, gr.dbeta, gr.deta, gr.dS0, gr.dM0};
@@ -367,8 +367,14 @@ static int run_case(const Case &cs, bool bf16, double tol, int *checked) {
         len += snprintf(line + len, sizeof line - len, " %s %.1e", names[i], e);
         (*checked)++;
     }
-    // reproducibility: a second backward gives the same bits
-    CUDA_CHECK(mdn_chunk_backward_cuda(&sh, &in, d_o, dST, dMT, &gr, ws, 0));
+    // reproducibility, and the forward's saved results: a forward that keeps them in `saved`, the
+    // workspace poisoned, and a backward from `saved` give the same bits as the backward above
+    const size_t ssize = mdn_chunk_saved_size(&sh);
+    void *saved = poisoned(ssize / 4 + 1, false);
+    CUDA_CHECK(mdn_chunk_forward_cuda(&sh, &in, o, ST, MT, saved, ws, 0));
+    CUDA_CHECK(cudaMemset(ws, 0xff, wsize));
+    CUDA_CHECK(cudaMemset(gr.dq, 0xff, nq * (bf16 ? 2 : 4)));
+    CUDA_CHECK(mdn_chunk_backward_cuda(&sh, &in, d_o, dST, dMT, &gr, saved, ws, 0));
     CUDA_CHECK(cudaDeviceSynchronize());
     const Vec dq_again = from_device(gr.dq, nq, bf16);
     const bool same = memcmp(dq_first.data(), dq_again.data(), nq * sizeof(double)) == 0;
@@ -377,7 +383,7 @@ static int run_case(const Case &cs, bool bf16, double tol, int *checked) {
            worst_cpu, cpu_own, same ? "" : " NOT REPRODUCIBLE", fails ? "FAIL" : "ok");
     void *all[] = {(void *)in.q, (void *)in.k, (void *)in.v, (void *)in.log_alpha, (void *)in.log_mu, (void *)in.beta,
                    (void *)in.eta, (void *)in.S0, (void *)in.M0, d_o, (void *)dST, (void *)dMT, o, ST, MT, gr.dq, gr.dk,
-                   gr.dv, gr.dlog_alpha, gr.dlog_mu, gr.dbeta, gr.deta, gr.dS0, gr.dM0, ws};
+                   gr.dv, gr.dlog_alpha, gr.dlog_mu, gr.dbeta, gr.deta, gr.dS0, gr.dM0, ws, saved};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i]) CUDA_CHECK(cudaFree(all[i]));
     return fails;
