@@ -24,29 +24,15 @@ static double uniform01(void) {
     rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27;
     return (double)((rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
 }
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
 
+// the trainer's init (model.c, parallel over blocks of values): a second or two even at 1B
 static float *random_params(const MdnConfig *config) {
-    Model *cpu = model_build(config, 1, 1);   // the table only (its buffers are zero pages until touched)
-    float *params = (float *)xmalloc(cpu->num_params * sizeof(float));
-    double half_width = config->initializer_range * sqrt(3.0);   // uniform with the init's std
-    for (int i = 0; i < cpu->num_tensors; i++) {
-        const ParamTensor *t = &cpu->tensors[i];
-        float *w = params + t->offset;
-        for (size_t j = 0; j < t->numel; j++) {
-            double u = uniform01();
-            if (ends_with(t->name, "norm.weight")) w[j] = 1.0f;
-            else if (ends_with(t->name, "A_log") || ends_with(t->name, "Mu_log")) w[j] = (float)log(16.0 * u + 1e-3);
-            else if (ends_with(t->name, "log_factor")) w[j] = (float)log(4.0 * u + 1e-3);
-            else if (ends_with(t->name, "D_log")) w[j] = (float)log(u + 1e-3);
-            else if (ends_with(t->name, "dt_bias") || ends_with(t->name, "mu_bias")) w[j] = (float)(-4.6 + 4.0 * u);
-            else w[j] = (float)((2.0 * u - 1.0) * half_width);
-        }
-    }
-    model_free(cpu);
+    ParamTensor *table;
+    size_t num_params;
+    const int num_tensors = model_param_table(config, &table, &num_params);
+    float *params = (float *)xmalloc(num_params * sizeof(float));
+    model_init_params(config, table, num_tensors, params, 42);
+    free(table);
     return params;
 }
 
@@ -111,7 +97,7 @@ int main(int argc, char **argv) {
     size_t free1;
     cudaCheck(cudaMemGetInfo(&free1, &total));
     double gib = 1024.0 * 1024.0 * 1024.0;
-    size_t model_bytes = m->num_params * (4 * 4 + 2) + m->acts_bytes;   // params, grads, m, v (fp32), bf16 copy, acts
+    size_t model_bytes = m->layout_numel * (4 * 4 + 2) + m->acts_bytes;   // params, grads, m, v (fp32), bf16 copy, acts
     double tok_s = BT / (ms / 1000.0);
     printf("%s | %s | B %d T %d | %d layers D %d | params %zu\n", config_path, props->name, B, T,
            config.num_hidden_layers, config.hidden_size, m->num_params);
