@@ -3,6 +3,10 @@
 // With x̂ = x·r, r = (mean(x²)+eps)^-1/2, y = x̂·w: dx = r·(w∘dy − x̂·mean(x̂∘w∘dy)).
 // Every lane moves N adjacent values per access (4 for the float32 residual stream: 16 bytes; 8 for
 // the bf16 gated norm's rows: 16 bytes) when the shapes allow, one value otherwise.
+// A row is two passes (the sums, then the outputs); a lane keeps its first CACHE chunks of the row
+// in registers between them and issues every load of a chunk before the first use, so a row costs
+// one memory latency, not three (reloading the row doubled these kernels' times at 400M). Chunks
+// past CACHE (rows wider than 32·N·CACHE values) are read again. Same arithmetic, same order.
 #include "rmsnorm.cuh"
 
 #include "packed.cuh"
@@ -17,15 +21,17 @@ static bool rows_vectorizable(int N, int dim, const float *f1, const float *f2, 
            is_aligned(f3, N * sizeof(float)) && is_aligned(t1, N * sizeof(T)) && is_aligned(t2, N * sizeof(T));
 }
 
+#define RMS_CACHE 8   // row chunks kept in registers: 1024 float32 values a row with N = 4
+
 template <typename T, int N>
 __global__ void rmsnorm_forward_kernel(float *sum, T *out, float *rstd, const float *x, const T *delta,
                                        const float *weight, int rows, int dim, float eps) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     size_t base = (size_t)row * dim;
-    float ss = 0.0f;
-    for (int c = lane * N; c < dim; c += 32 * N) {
-        float v[N];
+    float ss = 0.0f, kept[RMS_CACHE][N];
+    // v = x (+ delta, written to sum) for the chunk at c, and its sum of squares
+    auto first_pass = [&](int c, float *v) {
         load_floats<N>(v, x + base + c);
         if (delta != NULL) {
             float d[N];
@@ -36,17 +42,31 @@ __global__ void rmsnorm_forward_kernel(float *sum, T *out, float *rstd, const fl
         }
 #pragma unroll
         for (int k = 0; k < N; k++) ss += v[k] * v[k];
+    };
+#pragma unroll
+    for (int i = 0; i < RMS_CACHE; i++)
+        if ((i * 32 + lane) * N < dim) first_pass((i * 32 + lane) * N, kept[i]);
+    for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+        float v[N];
+        first_pass(c, v);
     }
     ss = warp_reduce_sum(ss);
     float r = rsqrtf(ss / dim + eps);
-    const float *src = delta != NULL ? sum : x;   // the lane reads back only what it wrote itself
-    for (int c = lane * N; c < dim; c += 32 * N) {
-        float v[N], w[N];
-        load_floats<N>(v, src + base + c);
+    auto second_pass = [&](int c, float *v) {
+        float w[N];
         load_floats<N>(w, weight + c);
 #pragma unroll
         for (int k = 0; k < N; k++) v[k] = v[k] * r * w[k];
         store_floats<N>(out + base + c, v);
+    };
+#pragma unroll
+    for (int i = 0; i < RMS_CACHE; i++)
+        if ((i * 32 + lane) * N < dim) second_pass((i * 32 + lane) * N, kept[i]);
+    const float *src = delta != NULL ? sum : x;   // the lane reads back only what it wrote itself
+    for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+        float v[N];
+        load_floats<N>(v, src + base + c);
+        second_pass(c, v);
     }
     if (lane == 0) rstd[row] = r;
 }
@@ -77,31 +97,47 @@ void residual_rmsnorm_forward_cuda(float *sum, T *out, float *rstd, const float 
 }
 
 template <typename T, int N>
-__global__ void rmsnorm_backward_kernel(float *dinp, T *dinp_copy, const T *dout, const float *inp,
+__global__ void __launch_bounds__(32 * ROWS_PER_BLOCK, 2) rmsnorm_backward_kernel(float *dinp, T *dinp_copy, const T *dout, const float *inp,
                                         const float *weight, const float *rstd, int rows, int dim) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     size_t base = (size_t)row * dim;
     float r = rstd[row], dot = 0.0f;
-    for (int c = lane * N; c < dim; c += 32 * N) {
-        float x[N], w[N], dy[N];
-        load_floats<N>(x, inp + base + c);
-        load_floats<N>(w, weight + c);
-        load_floats<N>(dy, dout + base + c);
-#pragma unroll
-        for (int k = 0; k < N; k++) dot += x[k] * r * w[k] * dy[k];
-    }
-    dot = warp_reduce_sum(dot) / dim;
-    for (int c = lane * N; c < dim; c += 32 * N) {
-        float x[N], w[N], dy[N], d[N];
+    // per chunk: x, w∘dy, and the incoming gradient d (loaded with the others: it does not depend on dot)
+    float kx[RMS_CACHE][N], kwdy[RMS_CACHE][N], kd[RMS_CACHE][N];
+    auto load_chunk = [&](int c, float *x, float *wdy, float *d, bool add_to_dot) {
+        float w[N], dy[N];
         load_floats<N>(x, inp + base + c);
         load_floats<N>(w, weight + c);
         load_floats<N>(dy, dout + base + c);
         load_floats<N>(d, dinp + base + c);
 #pragma unroll
-        for (int k = 0; k < N; k++) d[k] += r * (w[k] * dy[k] - x[k] * r * dot);
+        for (int k = 0; k < N; k++) {
+            if (add_to_dot) dot += x[k] * r * w[k] * dy[k];
+            wdy[k] = w[k] * dy[k];
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < RMS_CACHE; i++)
+        if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kx[i], kwdy[i], kd[i], true);
+    for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+        float x[N], wdy[N], d[N];
+        load_chunk(c, x, wdy, d, true);
+    }
+    dot = warp_reduce_sum(dot) / dim;
+    auto second_pass = [&](int c, const float *x, const float *wdy, float *d) {
+#pragma unroll
+        for (int k = 0; k < N; k++) d[k] += r * (wdy[k] - x[k] * r * dot);
         store_floats<N>(dinp + base + c, d);
         if (dinp_copy != NULL) store_floats<N>(dinp_copy + base + c, d);
+    };
+#pragma unroll
+    for (int i = 0; i < RMS_CACHE; i++)
+        if ((i * 32 + lane) * N < dim) second_pass((i * 32 + lane) * N, kx[i], kwdy[i], kd[i]);
+    for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+        float x[N], wdy[N], d[N];
+        load_chunk(c, x, wdy, d, false);
+        second_pass(c, x, wdy, d);
     }
 }
 
@@ -159,6 +195,7 @@ void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, float *dweight, float *scr
 }
 
 // ---- gated norm ----
+#define GATED_CACHE 2   // row chunks kept in registers: 512 bf16 values a row (N = 8), 256 float32
 // the gate row of head-vector row r
 __device__ __forceinline__ size_t gate_row(int r, int H, int gate_stride, int dim) {
     int token = r / H;
@@ -171,23 +208,37 @@ __global__ void gated_rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, 
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     size_t base = (size_t)row * dim, gbase = gate_row(row, H, gate_stride, dim);
-    float ss = 0.0f;
-    for (int c = lane * N; c < dim; c += 32 * N) {
-        float v[N];
-        load_floats<N>(v, inp + base + c);
-#pragma unroll
-        for (int k = 0; k < N; k++) ss += v[k] * v[k];
-    }
-    ss = warp_reduce_sum(ss);
-    float r = rsqrtf(ss / dim + eps);
-    for (int c = lane * N; c < dim; c += 32 * N) {
-        float v[N], g[N], w[N];
+    float ss = 0.0f, kv[GATED_CACHE][N], kg[GATED_CACHE][N], kw[GATED_CACHE][N];
+    // the input, the gate and the weight of the chunk at c (the sum of squares only when asked)
+    auto load_chunk = [&](int c, float *v, float *g, float *w, bool add_to_ss) {
         load_floats<N>(v, inp + base + c);
         load_floats<N>(g, gate + gbase + c);
         load_floats<N>(w, weight + c);
+        if (add_to_ss)
+#pragma unroll
+            for (int k = 0; k < N; k++) ss += v[k] * v[k];
+    };
+#pragma unroll
+    for (int i = 0; i < GATED_CACHE; i++)
+        if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kv[i], kg[i], kw[i], true);
+    for (int c = (GATED_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+        float v[N], g[N], w[N];
+        load_chunk(c, v, g, w, true);
+    }
+    ss = warp_reduce_sum(ss);
+    float r = rsqrtf(ss / dim + eps);
+    auto store_chunk = [&](int c, float *v, const float *g, const float *w) {
 #pragma unroll
         for (int k = 0; k < N; k++) v[k] = v[k] * r * w[k] * sigmoidf_(g[k]);
         store_floats<N>(out + base + c, v);
+    };
+#pragma unroll
+    for (int i = 0; i < GATED_CACHE; i++)
+        if ((i * 32 + lane) * N < dim) store_chunk((i * 32 + lane) * N, kv[i], kg[i], kw[i]);
+    for (int c = (GATED_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+        float v[N], g[N], w[N];
+        load_chunk(c, v, g, w, false);
+        store_chunk(c, v, g, w);
     }
     if (lane == 0) rstd[row] = r;
 }
@@ -200,30 +251,46 @@ __global__ void gated_rmsnorm_backward_kernel(T *dinp, T *dgate, const T *dout, 
     if (row >= rows) return;
     size_t base = (size_t)row * dim, gbase = gate_row(row, H, gate_stride, dim);
     float r = rstd[row], dot = 0.0f;
-    for (int c = lane * N; c < dim; c += 32 * N) {
-        float x[N], g[N], w[N], dy[N], dg[N];
+    // per chunk: x and w∘dy∘sigmoid(g), what the second pass needs
+    float kx[GATED_CACHE][N], kwdys[GATED_CACHE][N];
+    // loads the chunk at c; with first true also writes its gate gradient and adds to dot
+    auto load_chunk = [&](int c, float *x, float *wdys, bool first) {
+        float g[N], w[N], dy[N];
         load_floats<N>(x, inp + base + c);
         load_floats<N>(g, gate + gbase + c);
         load_floats<N>(w, weight + c);
         load_floats<N>(dy, dout + base + c);
+        float dg[N];
 #pragma unroll
         for (int k = 0; k < N; k++) {
             float s = sigmoidf_(g[k]), xhat = x[k] * r;
             dg[k] = dy[k] * xhat * w[k] * s * (1.0f - s);
-            dot += xhat * w[k] * dy[k] * s;
+            if (first) dot += xhat * w[k] * dy[k] * s;
+            wdys[k] = w[k] * dy[k] * s;
         }
-        store_floats<N>(dgate + gbase + c, dg);
+        if (first) store_floats<N>(dgate + gbase + c, dg);
+    };
+#pragma unroll
+    for (int i = 0; i < GATED_CACHE; i++)
+        if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kx[i], kwdys[i], true);
+    for (int c = (GATED_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+        float x[N], wdys[N];
+        load_chunk(c, x, wdys, true);
     }
     dot = warp_reduce_sum(dot) / dim;
-    for (int c = lane * N; c < dim; c += 32 * N) {
-        float x[N], g[N], w[N], dy[N], dx[N];
-        load_floats<N>(x, inp + base + c);
-        load_floats<N>(g, gate + gbase + c);
-        load_floats<N>(w, weight + c);
-        load_floats<N>(dy, dout + base + c);
+    auto store_chunk = [&](int c, const float *x, const float *wdys) {
+        float dx[N];
 #pragma unroll
-        for (int k = 0; k < N; k++) dx[k] = r * (w[k] * dy[k] * sigmoidf_(g[k]) - x[k] * r * dot);
+        for (int k = 0; k < N; k++) dx[k] = r * (wdys[k] - x[k] * r * dot);
         store_floats<N>(dinp + base + c, dx);
+    };
+#pragma unroll
+    for (int i = 0; i < GATED_CACHE; i++)
+        if ((i * 32 + lane) * N < dim) store_chunk((i * 32 + lane) * N, kx[i], kwdys[i]);
+    for (int c = (GATED_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+        float x[N], wdys[N];
+        load_chunk(c, x, wdys, false);
+        store_chunk(c, x, wdys);
     }
 }
 

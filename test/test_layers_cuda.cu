@@ -134,8 +134,9 @@ template <typename T> static void test_embedding(const char *tag, double tol, in
     snprintf(name, sizeof name, "embedding backward (%s)", tag); check(name, from_dev(ddt, dtable.size()), dtable, 1e-5);
 }
 
-template <typename T> static void test_rmsnorm(const char *tag, double tol, int bf) {
-    int rows = 100, dim = 192;
+// dim 192 fits the kernels' register-kept chunks; 1216 also takes their reload path (rmsnorm.cu)
+template <typename T> static void test_rmsnorm(const char *tag, double tol, int bf, int dim) {
+    int rows = 100;
     Vec x = rand_vec((size_t)rows * dim, -2, 2, 0), delta = rand_vec((size_t)rows * dim, -1, 1, bf);
     Vec w = rand_vec(dim, 0.5, 1.5, 0), dy = rand_vec((size_t)rows * dim, -1, 1, bf);
     Vec dx0 = rand_vec((size_t)rows * dim, -1, 1, 0), dw0 = rand_vec(dim, -1, 1, 0);
@@ -162,8 +163,9 @@ template <typename T> static void test_rmsnorm(const char *tag, double tol, int 
     snprintf(name, sizeof name, "rmsnorm backward dweight (%s)", tag); check(name, from_dev(ddw, dim), dw, 1e-5);
 }
 
-template <typename T> static void test_gated_rmsnorm(const char *tag, double tol, int bf) {
-    int tokens = 50, H = 3, dim = 64, stride = H * dim + 32, rows = tokens * H;
+// dim 64 fits the kernels' register-kept chunks; 576 also takes their reload path (rmsnorm.cu)
+template <typename T> static void test_gated_rmsnorm(const char *tag, double tol, int bf, int dim) {
+    int tokens = 50, H = 3, stride = H * dim + 32, rows = tokens * H;
     Vec x = rand_vec((size_t)rows * dim, -2, 2, bf), wide = rand_vec((size_t)tokens * stride, -3, 3, bf);
     Vec w = rand_vec(dim, 0.5, 1.5, 0), dy = rand_vec((size_t)rows * dim, -1, 1, bf), dw0 = rand_vec(dim, -1, 1, 0);
     Vec gate = slice(wide, tokens, stride, 16, H * dim);   // the gate is columns 16.. of the wide buffer
@@ -378,10 +380,14 @@ int main(int argc, char **argv) {
     test_linear<bf16>("bf16", 2e-2, 1);
     test_embedding<float>("f32", 1e-6, 0);
     test_embedding<bf16>("bf16", 1e-6, 1);
-    test_rmsnorm<float>("f32", 1e-5, 0);
-    test_rmsnorm<bf16>("bf16", 2e-2, 1);
-    test_gated_rmsnorm<float>("f32", 1e-5, 0);
-    test_gated_rmsnorm<bf16>("bf16", 2e-2, 1);
+    for (int dim : {192, 1216}) {
+        test_rmsnorm<float>(dim == 192 ? "f32" : "f32, wide rows", 1e-5, 0, dim);
+        test_rmsnorm<bf16>(dim == 192 ? "bf16" : "bf16, wide rows", 2e-2, 1, dim);
+    }
+    for (int dim : {64, 576}) {
+        test_gated_rmsnorm<float>(dim == 64 ? "f32" : "f32, wide rows", 1e-5, 0, dim);
+        test_gated_rmsnorm<bf16>(dim == 64 ? "bf16" : "bf16, wide rows", 2e-2, 1, dim);
+    }
     test_conv<float>("f32", 1e-5, 0);
     test_conv<bf16>("bf16", 2e-2, 1);
     test_gates<float>("f32", 1e-5, 0);
