@@ -238,8 +238,7 @@ int main(int argc, char **argv) {
         tensor_numel[i] = t->numel;
         // the paper decays everything (flame ignores the layer's no-decay marks); --no-decay-set
         // excludes the six per-head gate parameters and the norm weights
-        int is_norm = strstr(t->name, "norm.weight") != NULL;
-        tensor_decay[i] = !(args.no_decay_set && (t->no_decay || is_norm));
+        tensor_decay[i] = (unsigned char)model_param_decayed(t->name, t->no_decay, args.no_decay_set);
     }
     AdamW opt;
     adamw_init(&opt, args.beta1, args.beta2, args.eps, args.weight_decay, args.max_norm, model->num_tensors, tensor_numel,

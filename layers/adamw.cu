@@ -25,18 +25,6 @@ void adamw_sum_squares_cuda(double *partials, const float *x, size_t n, cudaStre
     cudaCheck(cudaGetLastError());
 }
 
-// is element i decayed? binary search for the first segment whose end is > i
-__device__ __forceinline__ bool is_decayed(size_t i, const size_t *seg_end, const unsigned char *seg_decay,
-                                           int num_segments) {
-    if (num_segments == 0) return true;
-    int lo = 0, hi = num_segments - 1;
-    while (lo < hi) {
-        int mid = (lo + hi) / 2;
-        if (seg_end[mid] > i) hi = mid; else lo = mid + 1;
-    }
-    return seg_decay[lo] != 0;
-}
-
 template <typename T>
 __global__ void adamw_kernel(float *params, T *params_copy, const float *grads, float *m, float *v, size_t begin,
                              size_t end, float lr, float beta1, float beta2, float eps, float weight_decay,
@@ -49,7 +37,7 @@ __global__ void adamw_kernel(float *params, T *params_copy, const float *grads, 
     float v_i = beta2 * v[i - begin] + (1.0f - beta2) * g * g;
     m[i - begin] = m_i;
     v[i - begin] = v_i;
-    float decay_factor = is_decayed(i, seg_end, seg_decay, num_segments) ? 1.0f - lr * weight_decay : 1.0f;
+    float decay_factor = adamw_is_decayed(i, seg_end, seg_decay, num_segments) ? 1.0f - lr * weight_decay : 1.0f;
     float denom = sqrtf(v_i) / bias_correction2_sqrt + eps;
     float p = params[i] * decay_factor - step_size * m_i / denom;
     params[i] = p;

@@ -18,6 +18,20 @@ void adamw_sum_squares_cuda(double *partials, const float *x, size_t n, cudaStre
 // Decay: segment j covers [seg_end[j-1], seg_end[j]) and is decayed iff seg_decay[j]; with
 // num_segments == 0 every element is decayed. seg_end, seg_decay are device arrays.
 // params_copy (type T, may be NULL) receives the updated weights.
+// is element i decayed? segment j covers [seg_end[j-1], seg_end[j]) (seg_end ascending): binary
+// search for the first segment whose end is > i (past the last end: the last segment's flag).
+// Host and device: the kernel asks it per element, the layout test of every value on the CPU.
+__host__ __device__ __forceinline__ bool adamw_is_decayed(size_t i, const size_t *seg_end, const unsigned char *seg_decay,
+                                                          int num_segments) {
+    if (num_segments == 0) return true;
+    int lo = 0, hi = num_segments - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (seg_end[mid] > i) hi = mid; else lo = mid + 1;
+    }
+    return seg_decay[lo] != 0;
+}
+
 template <typename T>
 void adamw_update_cuda(float *params, T *params_copy, const float *grads, float *m, float *v, size_t begin,
                        size_t end, float lr, float beta1, float beta2, float eps, float weight_decay,

@@ -196,6 +196,10 @@ int model_param_table_find(const ParamTensor *tensors, int num_tensors, const ch
     return -1;
 }
 
+int model_param_decayed(const char *name, int no_decay, int no_decay_set) {
+    return !(no_decay_set && (no_decay || strstr(name, "norm.weight") != NULL));
+}
+
 int model_find_tensor(const Model *m, const char *name) {
     return model_param_table_find(m->tensors, m->num_tensors, name);
 }

@@ -103,6 +103,10 @@ int model_find_tensor(const Model *m, const char *name);
 int model_param_table(const MdnConfig *config, ParamTensor **tensors, size_t *num_params);
 // index of the tensor named `name` in such a table, or -1
 int model_param_table_find(const ParamTensor *tensors, int num_tensors, const char *name);
+// Whether AdamW decays the tensor `name` (its no_decay flag: `no_decay`). The paper decays every
+// parameter; --no-decay-set (no_decay_set = 1, a documented deviation) spares the six per-head gate
+// parameters and the norm weights. Both trainers' optimizers ask this, so that they agree.
+int model_param_decayed(const char *name, int no_decay, int no_decay_set);
 
 // The summary for --dry-run: shapes, then a line "params: N" with the exact count.
 void model_print_summary(const Model *m, FILE *out);

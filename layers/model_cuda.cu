@@ -276,9 +276,7 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     const char *why = mdn_cuda_check_shape(&shape);
     if (why != NULL) die("model_cuda: the MDN op does not support this shape: %s", why);
     gpu_model_layout(m);
-    m->rank = 0;
-    m->world_size = 1;
-    m->shard = m->shard_end = m->layout_numel;
+    gpu_model_shard(m, 0, 1);
     alloc_flat_vectors(m);
     int L = config->num_hidden_layers;
     GpuActs *a = (GpuActs *)xcalloc(1, sizeof(GpuActs));
@@ -303,37 +301,45 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     return m;
 }
 
-void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set, int rank, int world_size) {
-    if (m->adam_m != NULL) die("model_cuda: gpu_model_alloc_optimizer called twice");
+void gpu_model_shard(GpuModel *m, int rank, int world_size) {
     if (world_size < 1 || rank < 0 || rank >= world_size) die("model_cuda: rank %d of %d", rank, world_size);
-    if (world_size > 1) {
-        // the parameters are not set yet (see model_cuda.cuh): nothing to keep
-        free_flat_vectors(m);
-        m->rank = rank;
-        m->world_size = world_size;
-        // each rank's slice starts aligned too (the collectives and AdamW run on it)
-        m->shard = round_up((m->layout_numel + (size_t)world_size - 1) / (size_t)world_size, GPU_PARAM_ALIGN);
-        alloc_flat_vectors(m);
-    }
+    m->rank = rank;
+    m->world_size = world_size;
+    // each rank's block starts aligned too (the collectives and AdamW run on it); layout_numel is a
+    // multiple of GPU_PARAM_ALIGN, so one rank's shard is the whole layout
+    m->shard = round_up((m->layout_numel + (size_t)world_size - 1) / (size_t)world_size, GPU_PARAM_ALIGN);
     size_t begin = (size_t)rank * m->shard;
     m->shard_begin = begin < m->layout_numel ? begin : m->layout_numel;
     m->shard_end = begin + m->shard < m->layout_numel ? begin + m->shard : m->layout_numel;
+}
+
+int gpu_model_decay_segments(const GpuModel *m, int no_decay_set, size_t *seg_end, unsigned char *seg_decay) {
+    if (!no_decay_set) return 0;
+    for (int i = 0; i < m->num_tensors; i++) {
+        seg_end[i] = m->tensors[i].offset + m->tensors[i].numel;
+        seg_decay[i] = (unsigned char)model_param_decayed(m->tensors[i].name, m->tensors[i].no_decay, no_decay_set);
+    }
+    return m->num_tensors;
+}
+
+void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set, int rank, int world_size) {
+    if (m->adam_m != NULL) die("model_cuda: gpu_model_alloc_optimizer called twice");
+    if (world_size > 1) free_flat_vectors(m);   // the parameters are not set yet (see model_cuda.cuh): nothing to keep
+    gpu_model_shard(m, rank, world_size);
+    if (world_size > 1) alloc_flat_vectors(m);   // shard·world_size values, padded
     cudaCheck(cudaMalloc((void **)&m->adam_m, m->shard * sizeof(float)));
     cudaCheck(cudaMalloc((void **)&m->adam_v, m->shard * sizeof(float)));
     cudaCheck(cudaMemsetAsync(m->adam_m, 0, m->shard * sizeof(float), m->stream));
     cudaCheck(cudaMemsetAsync(m->adam_v, 0, m->shard * sizeof(float), m->stream));
-    if (!no_decay_set) return;
     size_t *ends = (size_t *)xmalloc((size_t)m->num_tensors * sizeof(size_t));
     unsigned char *decay = (unsigned char *)xmalloc((size_t)m->num_tensors);
-    for (int i = 0; i < m->num_tensors; i++) {
-        ends[i] = m->tensors[i].offset + m->tensors[i].numel;
-        decay[i] = m->tensors[i].no_decay ? 0 : 1;
+    m->num_segments = gpu_model_decay_segments(m, no_decay_set, ends, decay);
+    if (m->num_segments > 0) {
+        cudaCheck(cudaMalloc((void **)&m->seg_end, (size_t)m->num_segments * sizeof(size_t)));
+        cudaCheck(cudaMalloc((void **)&m->seg_decay, (size_t)m->num_segments));
+        cudaCheck(cudaMemcpy(m->seg_end, ends, (size_t)m->num_segments * sizeof(size_t), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(m->seg_decay, decay, (size_t)m->num_segments, cudaMemcpyHostToDevice));
     }
-    m->num_segments = m->num_tensors;
-    cudaCheck(cudaMalloc((void **)&m->seg_end, (size_t)m->num_tensors * sizeof(size_t)));
-    cudaCheck(cudaMalloc((void **)&m->seg_decay, (size_t)m->num_tensors));
-    cudaCheck(cudaMemcpy(m->seg_end, ends, (size_t)m->num_tensors * sizeof(size_t), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(m->seg_decay, decay, (size_t)m->num_tensors, cudaMemcpyHostToDevice));
     free(ends);
     free(decay);
 }

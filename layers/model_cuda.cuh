@@ -87,13 +87,24 @@ typedef struct {
 GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, cudaStream_t stream);
 void gpu_model_free(GpuModel *m);
 // The optimizer of rank `rank` of world_size (1: the whole vector): m and v for its slice (zeroed),
-// the decay segments (no_decay_set: the layer's six gate tensors not decayed). With world_size > 1
-// it re-allocates params, params_x and grads padded (see above): call it before setting parameters.
+// the decay segments (no_decay_set: the six gate tensors and the norms not decayed, as train_mdn_cpu).
+// With world_size > 1 it re-allocates params, params_x and grads padded (see above): call it before
+// setting parameters.
 void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set, int rank, int world_size);
 
 // the GPU layout of m->config's parameters: fills tensors, num_tensors, num_params, layout_numel
 // (gpu_model_build calls it; host code only, for tests that check the layout without a GPU)
 void gpu_model_layout(GpuModel *m);
+// ZeRO-1's slice arithmetic (host code only: gpu_model_build, gpu_model_alloc_optimizer and the
+// layout test call it): sets rank, world_size, shard = ceil(layout_numel / world_size) rounded up to
+// a multiple of 64 values (so every rank's block starts on a 256-byte boundary; one rank: shard =
+// layout_numel) and [shard_begin, shard_end) = rank's block [rank·shard, (rank+1)·shard) clipped to
+// layout_numel (empty for a rank whose block lies past it). Dies on a rank outside [0, world_size).
+void gpu_model_shard(GpuModel *m, int rank, int world_size);
+// AdamW's decay segments over the GPU layout (adamw.cuh) into host arrays of num_tensors entries:
+// segment i ends where tensor i ends and is decayed as model_param_decayed says. Returns the number
+// of segments: num_tensors, or 0 (every value decayed, the paper's recipe) without no_decay_set.
+int gpu_model_decay_segments(const GpuModel *m, int no_decay_set, size_t *seg_end, unsigned char *seg_decay);
 
 // flat vectors in the CPU model's layout (host, float32, num_params values) <-> the GPU
 void gpu_model_set_params(GpuModel *m, const float *cpu_params);   // also refreshes params_x

@@ -8,12 +8,28 @@
 //    their group's first tensor without a gap (q|k|v|g_proj, a|b|m|e_proj, gate|up_proj: the
 //    forward reads each group as one matrix). Checked for the repository's configs and an odd-sized
 //    one whose tensors do not fall on boundaries by themselves.
+// 3. ZeRO-1's slices (gpu_model_shard, what gpu_model_alloc_optimizer uses) for 1, 2, 3, 4, 8 ranks,
+//    as train_mdn.cu's collectives rely on them: every rank has the same shard, a multiple of 64
+//    values (each rank's block 256-byte aligned), the smallest such with shard·world >= layout_numel
+//    (one rank: the whole layout); rank r's [shard_begin, shard_end) is its block [r·shard,
+//    (r+1)·shard) (the reduce-scatter's destination grads + r·shard and the allgather's source
+//    params + r·shard) clipped to layout_numel, so m[i - shard_begin] is the value the gather of the
+//    moments puts at i; the slices tile [0, layout_numel) in rank order (each value updated and
+//    counted in the gradient norm by exactly one rank), and layouts smaller than world·64 leave the
+//    last ranks empty. For the smaller models, m and v sliced from a full vector on N ranks and
+//    gathered back (checkpoint) come back equal, zero past the tensors (so any N -> M resume holds).
+// 4. AdamW's decay segments (gpu_model_decay_segments, looked up by adamw_is_decayed as the kernel
+//    does): none by default (everything decayed, the paper); with --no-decay-set one per tensor,
+//    ascending, every value of the six gate tensors and the norms not decayed and of all others
+//    decayed (every value of the smaller models, each tensor's ends and each rank's slice ends of
+//    the larger), and on trainer_tiny 77056 of 77272 values decayed, as train_mdn_cpu reports.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../common/config.h"
 #include "../layers/model.h"
+#include "../layers/adamw.cuh"
 #include "../layers/model_cuda.cuh"
 
 static int failures = 0;
@@ -126,6 +142,145 @@ static void check_gpu_layout(const MdnConfig *c, const char *label) {
     free(cpu);
 }
 
+static const int world_sizes[] = {1, 2, 3, 4, 8};
+#define NUM_WORLD_SIZES ((int)(sizeof(world_sizes) / sizeof(world_sizes[0])))
+
+// the slices of every rank of world_size over a layout of layout_numel values
+static void check_shards(size_t layout_numel, int world_size, const char *label) {
+    char what[256];
+    GpuModel g;
+    memset(&g, 0, sizeof g);
+    g.layout_numel = layout_numel;
+    gpu_model_shard(&g, 0, world_size);
+    const size_t shard = g.shard, padded = shard * (size_t)world_size;
+    int same = 1, blocks = 1, aligned = 1, tiles = 1, nonempty = 0;
+    size_t next = 0;   // where the next rank's slice must start
+    for (int r = 0; r < world_size; r++) {
+        gpu_model_shard(&g, r, world_size);
+        same &= g.shard == shard && g.rank == r && g.world_size == world_size;
+        const size_t block = (size_t)r * shard;
+        // inside the rank's block; where not empty, starting at the block (m[0] is the block's first value)
+        blocks &= g.shard_begin <= g.shard_end && g.shard_end <= layout_numel && g.shard_end <= block + shard &&
+                  (g.shard_begin == g.shard_end || g.shard_begin == block);
+        aligned &= g.shard_begin % 64 == 0;
+        tiles &= g.shard_begin == next;
+        next = g.shard_end;
+        nonempty += g.shard_end > g.shard_begin;
+    }
+    tiles &= next == layout_numel;
+    int sized = shard > 0 && shard % 64 == 0 && padded >= layout_numel && (shard - 64) * (size_t)world_size < layout_numel &&
+                (world_size > 1 || shard == layout_numel);
+    snprintf(what, sizeof what,
+             "%s, %d rank%s: shard %zu (x%d = %zu, %zu padding) equal, 64-aligned, smallest; slices in their blocks, "
+             "tiling [0, %zu) (%d non-empty)", label, world_size, world_size > 1 ? "s" : "", shard, world_size, padded,
+             padded - layout_numel, layout_numel, nonempty);
+    check(same && sized && blocks && aligned && tiles, what);
+}
+
+// m (or v) through a checkpoint on world_size ranks: a full vector in the GPU layout (from the CPU
+// layout, zeros in the gaps: gpu_model_upload), each rank's slice taken (gpu_model_set_moment_slice:
+// m[j] = full[shard_begin + j], the rest of m zero as allocated), gathered (comm_allgather: rank r's m
+// at r·shard) and read back into the CPU layout (gpu_model_download) gives the CPU vector back
+static void check_moment_round_trip(const GpuModel *model, int world_size, const char *label) {
+    char what[256];
+    GpuModel g = *model;
+    gpu_model_shard(&g, 0, world_size);
+    const size_t shard = g.shard, padded = shard * (size_t)world_size;
+    float *cpu = (float *)malloc(model->num_params * sizeof(float));
+    float *full = (float *)calloc(padded, sizeof(float));
+    float *gathered = (float *)malloc(padded * sizeof(float));
+    float *slice = (float *)malloc(shard * sizeof(float));
+    float *back = (float *)malloc(model->num_params * sizeof(float));
+    for (size_t i = 0; i < model->num_params; i++) cpu[i] = (float)(i % 1000003) + 1.0f;   // nonzero, exact
+    for (int i = 0; i < g.num_tensors; i++)
+        memcpy(full + g.tensors[i].offset, cpu + g.tensors[i].cpu_offset, g.tensors[i].numel * sizeof(float));
+    for (size_t i = 0; i < padded; i++) gathered[i] = -1.0f;   // poison: every value must be written
+    for (int r = 0; r < world_size; r++) {
+        gpu_model_shard(&g, r, world_size);
+        memset(slice, 0, shard * sizeof(float));
+        memcpy(slice, full + g.shard_begin, (g.shard_end - g.shard_begin) * sizeof(float));
+        memcpy(gathered + (size_t)r * shard, slice, shard * sizeof(float));
+    }
+    int same_layout = memcmp(gathered, full, padded * sizeof(float)) == 0;   // the gaps and the padding zero too
+    for (int i = 0; i < g.num_tensors; i++)
+        memcpy(back + g.tensors[i].cpu_offset, gathered + g.tensors[i].offset, g.tensors[i].numel * sizeof(float));
+    int same_cpu = memcmp(back, cpu, model->num_params * sizeof(float)) == 0;
+    snprintf(what, sizeof what, "%s, %d rank%s: moments sliced and gathered == the full vector, back to the CPU layout",
+             label, world_size, world_size > 1 ? "s" : "");
+    check(same_layout && same_cpu, what);
+    free(cpu); free(full); free(gathered); free(slice); free(back);
+}
+
+// the tensors --no-decay-set spares (cli.c's help): the six per-head gate parameters and the norms
+static int spared_by_no_decay_set(const char *name) {
+    static const char *suffixes[] = {"attn.A_log", "attn.Mu_log", "attn.dt_bias", "attn.mu_bias", "attn.log_factor",
+                                     "attn.D_log", "attn_norm.weight", "attn.o_norm.weight", "mlp_norm.weight"};
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++)
+        if (ends_with(name, suffixes[i])) return 1;
+    return strcmp(name, "model.norm.weight") == 0;
+}
+
+// AdamW's decay segments over the layout, looked up per value as the kernel does; every_value: all
+// values of the layout, else each tensor's first and last and each rank's slice ends
+static size_t check_decay_segments(const GpuModel *m, const char *label, int every_value) {
+    char what[256];
+    size_t *seg_end = (size_t *)malloc((size_t)m->num_tensors * sizeof(size_t));
+    unsigned char *seg_decay = (unsigned char *)malloc((size_t)m->num_tensors);
+    int n = gpu_model_decay_segments(m, 0, seg_end, seg_decay);
+    snprintf(what, sizeof what, "%s: without --no-decay-set no segments: every value decayed", label);
+    check(n == 0 && adamw_is_decayed(0, seg_end, seg_decay, n) && adamw_is_decayed(m->layout_numel - 1, seg_end, seg_decay, n), what);
+    n = gpu_model_decay_segments(m, 1, seg_end, seg_decay);
+    int ascending = n == m->num_tensors && seg_end[n - 1] <= m->layout_numel, flags = 1, lookups = 1;
+    size_t decayed = 0;
+    for (int i = 0; i < n; i++) {
+        const GpuParamTensor *t = &m->tensors[i];
+        ascending &= i == 0 || seg_end[i - 1] < seg_end[i];
+        int expect = !spared_by_no_decay_set(t->name);
+        flags &= seg_decay[i] == expect;
+        decayed += seg_decay[i] ? t->numel : 0;
+        if (every_value) {
+            for (size_t v = t->offset; v < t->offset + t->numel; v++)
+                lookups &= adamw_is_decayed(v, seg_end, seg_decay, n) == (bool)expect;
+        } else {
+            lookups &= adamw_is_decayed(t->offset, seg_end, seg_decay, n) == (bool)expect &&
+                       adamw_is_decayed(t->offset + t->numel - 1, seg_end, seg_decay, n) == (bool)expect;
+        }
+    }
+    // each rank's slice ends (AdamW looks up global indices), checked against the tensor holding them
+    for (int w = 0; w < NUM_WORLD_SIZES; w++) {
+        GpuModel g = *m;
+        for (int r = 0; r < world_sizes[w]; r++) {
+            gpu_model_shard(&g, r, world_sizes[w]);
+            size_t ends[2] = {g.shard_begin, g.shard_end - 1};
+            for (int e = 0; e < 2 && g.shard_end > g.shard_begin; e++)
+                for (int i = 0; i < m->num_tensors; i++)
+                    if (ends[e] >= m->tensors[i].offset && ends[e] < m->tensors[i].offset + m->tensors[i].numel)
+                        lookups &= adamw_is_decayed(ends[e], seg_end, seg_decay, n) == !spared_by_no_decay_set(m->tensors[i].name);
+        }
+    }
+    snprintf(what, sizeof what, "%s: --no-decay-set: %d segments ascending, gates and norms not decayed (%zu of %zu decayed, %s)",
+             label, n, decayed, m->num_params, every_value ? "every value looked up" : "tensor and slice ends looked up");
+    check(ascending && flags && lookups, what);
+    free(seg_end);
+    free(seg_decay);
+    return decayed;
+}
+
+static size_t check_zero1(const MdnConfig *c, const char *label) {
+    GpuModel *m = (GpuModel *)calloc(1, sizeof(GpuModel));
+    m->config = *c;
+    gpu_model_layout(m);
+    const int small = m->layout_numel <= ((size_t)1 << 24);
+    for (int w = 0; w < NUM_WORLD_SIZES; w++) {
+        check_shards(m->layout_numel, world_sizes[w], label);
+        if (small) check_moment_round_trip(m, world_sizes[w], label);
+    }
+    size_t decayed = check_decay_segments(m, label, small);
+    free(m->tensors);
+    free(m);
+    return decayed;
+}
+
 static MdnConfig load(const char *path) {
     MdnConfig c;
     char err[512];
@@ -137,11 +292,15 @@ static MdnConfig load(const char *path) {
 }
 
 int main(void) {
-    const char *small_paths[] = {"configs/mdn_tiny.json", "configs/mdn_small.json", "test/data/small/config.json"};
-    for (int i = 0; i < 3; i++) {
+    const char *small_paths[] = {"configs/mdn_tiny.json", "configs/mdn_small.json", "test/data/small/config.json",
+                                 "test/data/trainer_tiny.json"};
+    for (int i = 0; i < 4; i++) {
         MdnConfig c = load(small_paths[i]);
         check_cpu_table(&c, small_paths[i], 1);
         check_gpu_layout(&c, small_paths[i]);
+        size_t decayed = check_zero1(&c, small_paths[i]);
+        if (i == 3) check(decayed == 77056, "test/data/trainer_tiny.json: --no-decay-set decays 77056 values, as "
+                                            "train_mdn_cpu (test_train.sh nodecay)");
     }
     // the paper's models: no model_build (GBs of host memory)
     const char *big_paths[] = {"configs/momentum_deltanet_400M.json", "configs/momentum_deltanet_1B.json"};
@@ -149,6 +308,7 @@ int main(void) {
         MdnConfig c = load(big_paths[i]);
         check_cpu_table(&c, big_paths[i], 0);
         check_gpu_layout(&c, big_paths[i]);
+        check_zero1(&c, big_paths[i]);
     }
     // every switch off (the CPU model's other tables; the GPU model needs them on)
     MdnConfig c = load("configs/mdn_tiny.json");
@@ -166,6 +326,12 @@ int main(void) {
     c.conv_size = 3;
     check_cpu_table(&c, "odd sizes", 1);
     check_gpu_layout(&c, "odd sizes");
+    check_zero1(&c, "odd sizes");
+    // layouts of fewer than world·64 values: the last ranks' slices are empty, at the end
+    for (int w = 0; w < NUM_WORLD_SIZES; w++) {
+        check_shards(64, world_sizes[w], "64-value layout");
+        check_shards(192, world_sizes[w], "192-value layout");
+    }
     printf("%s\n", failures == 0 ? "all passed" : "FAILED");
     return failures == 0 ? 0 : 1;
 }
