@@ -30,6 +30,26 @@ static inline void cublas_check(cublasStatus_t status, const char *file, int lin
 #define cudaCheck(call) cuda_check((call), __FILE__, __LINE__)
 #define cublasCheck(call) cublas_check((call), __FILE__, __LINE__)
 
+// cudaMalloc of one of the trainer's large buffers: running out of GPU memory is the user's most
+// likely error (a --batch-size too large for the card), so it gets a one-line error saying what did
+// not fit and what to change, instead of a bare "out of memory" at a source line
+static inline void *cuda_malloc_or_die(size_t bytes, const char *what) {
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+        size_t free_bytes = 0, total_bytes = 0;
+        cudaGetLastError();   // clear the error so that the query below is answered
+        cudaMemGetInfo(&free_bytes, &total_bytes);
+        const double gib = 1024.0 * 1024.0 * 1024.0;
+        fprintf(stderr, "error: out of GPU memory: %s needs %.2f GiB, %.2f of %.2f GiB are free; lower --batch-size "
+                "(raise --grad-accum to keep the tokens per step) or --seq-len, or use more GPUs\n",
+                what, bytes / gib, free_bytes / gib, total_bytes / gib);
+        exit(EXIT_FAILURE);
+    }
+    cuda_check(err, __FILE__, __LINE__);
+    return p;
+}
+
 __host__ __device__ static inline int ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
 
 // properties of the current device, read once per process

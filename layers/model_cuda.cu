@@ -239,12 +239,12 @@ static void carve_acts(GpuModel *m, Carver *c) {
 // past layout_numel, stays zero: see GPU_PARAM_ALIGN)
 static void alloc_flat_vectors(GpuModel *m) {
     size_t n = m->shard * (size_t)m->world_size;
-    cudaCheck(cudaMalloc((void **)&m->params, n * sizeof(float)));
-    cudaCheck(cudaMalloc((void **)&m->grads, n * sizeof(float)));
+    m->params = (float *)cuda_malloc_or_die(n * sizeof(float), "the float32 parameters");
+    m->grads = (float *)cuda_malloc_or_die(n * sizeof(float), "the gradients");
     cudaCheck(cudaMemsetAsync(m->params, 0, n * sizeof(float), m->stream));
     cudaCheck(cudaMemsetAsync(m->grads, 0, n * sizeof(float), m->stream));
     if (m->use_bf16) {
-        cudaCheck(cudaMalloc(&m->params_x, n * sizeof(bf16)));
+        m->params_x = cuda_malloc_or_die(n * sizeof(bf16), "the bf16 parameter copy");
         cudaCheck(cudaMemsetAsync(m->params_x, 0, n * sizeof(bf16), m->stream));
     } else {
         m->params_x = m->params;
@@ -294,7 +294,7 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     carve_acts(m, &count);
     m->acts_bytes = count.used;
     Carver c = {NULL, 0};
-    cudaCheck(cudaMalloc((void **)&c.base, m->acts_bytes));
+    c.base = (char *)cuda_malloc_or_die(m->acts_bytes, "the activations of --batch-size x --seq-len");
     carve_acts(m, &c);
     cudaCheck(cudaMallocHost((void **)&a->host_tokens, 2 * (size_t)B * T * sizeof(int)));
     cudaCheck(cudaMallocHost((void **)&a->host_losses, (size_t)B * T * sizeof(float)));
@@ -327,8 +327,8 @@ void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set, int rank, int worl
     if (world_size > 1) free_flat_vectors(m);   // the parameters are not set yet (see model_cuda.cuh): nothing to keep
     gpu_model_shard(m, rank, world_size);
     if (world_size > 1) alloc_flat_vectors(m);   // shard·world_size values, padded
-    cudaCheck(cudaMalloc((void **)&m->adam_m, m->shard * sizeof(float)));
-    cudaCheck(cudaMalloc((void **)&m->adam_v, m->shard * sizeof(float)));
+    m->adam_m = (float *)cuda_malloc_or_die(m->shard * sizeof(float), "AdamW's first moments");
+    m->adam_v = (float *)cuda_malloc_or_die(m->shard * sizeof(float), "AdamW's second moments");
     cudaCheck(cudaMemsetAsync(m->adam_m, 0, m->shard * sizeof(float), m->stream));
     cudaCheck(cudaMemsetAsync(m->adam_v, 0, m->shard * sizeof(float), m->stream));
     size_t *ends = (size_t *)xmalloc((size_t)m->num_tensors * sizeof(size_t));
