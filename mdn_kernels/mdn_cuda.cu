@@ -9,7 +9,8 @@
 //   O  = Qab X0 + QKG U             Qab = [a*qbar | -b*qbar], QKG = (Qbar Kk^T) o Gamma
 //   X1 = D X0 + KK^T U              KK = [g*kappa | -h*kappa], D X0 = [a_L S0 - b_L M0; m_L M0]
 // (g = Gamma[L-1,:], h = Em[L-1,:]). Kernels:
-//   prepare     one CTA per (b,h,chunk): gates -> Gamma, b, T^-1, QKG and the per-row factors.
+//   prepare     one CTA per (b,h,chunk): gates -> Gamma, b, T^-1, QKG and the per-row factors
+//               (the forward's copy can be kept and handed to the backward: `saved`, mdn_cuda.cuh).
 //   state_fwd   one CTA per (b,h,V tile): walks the chunks with X in shared memory (float32);
 //               writes O, or (backward recompute) each chunk's X0 and U.
 //               In bf16 the *_fast kernels (v7, below the float32 ones) hold X in registers.
@@ -19,8 +20,9 @@
 //   bwd_state_grads  one CTA per (b,h,chunk, 32 key columns) (+1 for the L x L products):
 //               the products over V: dO X0^T, G X0^T, U dX1^T (-> partial dqbar, dp, dkappa and
 //               gate-factor gradients), dO U^T and G U^T.
-//   bwd_chunk   one CTA per (b,h,chunk): the L x L chain (dGamma, Ea, Em, beta -> log gates),
-//               the remaining L x L x K products and the preprocessing backward (L2 norms).
+//   bwd_chunk   one CTA per (b,h,chunk): the L x L chain (dGamma, Ea, Em, beta -> log gates; its
+//               two L^3 products as split-bf16 tensor-core products in bf16 mode), the remaining
+//               L x L x K products and the preprocessing backward (L2 norms), a warp per row.
 // Every reduction has a fixed order (no atomics): results are bitwise reproducible.
 // Products: bf16 -> mma.sync m16n8k16 (bf16 operands, float32 accumulation); float32 -> FMA.
 #include <cuda_bf16.h>
