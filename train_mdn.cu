@@ -272,7 +272,7 @@ int main(int argc, char **argv) {
         free(params);
     }
 
-    const double sample_ready_time = wall_seconds();
+    const double params_ready_time = wall_seconds();
     FILE *log = NULL;
     if (rank0 && args.out[0] != '\0') {
         log = fopen(log_path, start_step > 0 ? "ab" : "wb");
@@ -314,7 +314,7 @@ int main(int argc, char **argv) {
     double ema_tokens_per_s = 0.0;
     if (rank0)
         printf("start-up: %.1f s from launch (%s %.1f s)\n", wall_seconds() - launch_time,
-               start_step > 0 ? "checkpoint read and upload" : "parameter init and upload", sample_ready_time - params_time);
+               start_step > 0 ? "checkpoint read and upload" : "parameter init and upload", params_ready_time - params_time);
     for (int64_t step = start_step; step < args.steps; step++) {
         cudaCheck(cudaEventRecord(t0, stream));
         gpu_model_zero_grad(gm);
