@@ -261,8 +261,8 @@ int main(int argc, char **argv) {
     // the starting point: the latest checkpoint in --out (--resume), else --init-from or a fresh
     // init, made on rank 0 and broadcast (one reader; every rank starts from the same bits)
     RunCounters counters = {0, 0, 0, sample_rng_init(args.seed)};
-    int64_t start_step = args.resume ? resume(&comm, &args, gm, &config, &counters, &train, log_path) : 0;
     const double params_time = wall_seconds();
+    int64_t start_step = args.resume ? resume(&comm, &args, gm, &config, &counters, &train, log_path) : 0;
     if (start_step == 0) {
         float *params = rank0 ? initial_params(&config, &args, err, sizeof err) : NULL;
         comm_exit_if_any_failed(&comm, rank0 && params == NULL, err);
@@ -272,7 +272,7 @@ int main(int argc, char **argv) {
         free(params);
     }
 
-    const double params_ready_time = wall_seconds();
+    const double params_ready_time = wall_seconds();   // checkpoint read (--resume) or init, and upload
     FILE *log = NULL;
     if (rank0 && args.out[0] != '\0') {
         log = fopen(log_path, start_step > 0 ? "ab" : "wb");
