@@ -33,7 +33,7 @@ static inline void cublas_check(cublasStatus_t status, const char *file, int lin
 // cudaMalloc of one of the trainer's large buffers: running out of GPU memory is the user's most
 // likely error (a --batch-size too large for the card), so it gets a one-line error saying what did
 // not fit and what to change, instead of a bare "out of memory" at a source line
-static inline void *cuda_malloc_or_die(size_t bytes, const char *what) {
+static inline void *cuda_malloc_or_die(size_t bytes, const char *what, const char *hint) {
     void *p = NULL;
     cudaError_t err = cudaMalloc(&p, bytes);
     if (err == cudaErrorMemoryAllocation) {
@@ -41,9 +41,8 @@ static inline void *cuda_malloc_or_die(size_t bytes, const char *what) {
         cudaGetLastError();   // clear the error so that the query below is answered
         cudaMemGetInfo(&free_bytes, &total_bytes);
         const double gib = 1024.0 * 1024.0 * 1024.0;
-        fprintf(stderr, "error: out of GPU memory: %s needs %.2f GiB, %.2f of %.2f GiB are free; lower --batch-size "
-                "(raise --grad-accum to keep the tokens per step) or --seq-len, or use more GPUs\n",
-                what, bytes / gib, free_bytes / gib, total_bytes / gib);
+        fprintf(stderr, "error: out of GPU memory: %s needs %.2f GiB, %.2f of %.2f GiB are free; %s\n", what,
+                bytes / gib, free_bytes / gib, total_bytes / gib, hint);
         exit(EXIT_FAILURE);
     }
     cuda_check(err, __FILE__, __LINE__);

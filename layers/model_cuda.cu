@@ -75,6 +75,11 @@ struct GpuActs {
 // over the whole flat vector, see the parameters and nothing else.
 #define GPU_PARAM_ALIGN 64
 
+// what cuda_malloc_or_die suggests when the model's own buffers do not fit (the activations' hint
+// is at their allocation)
+#define MODEL_TOO_BIG "the model's weights and gradients alone do not fit this GPU"
+#define MOMENTS_TOO_BIG "use more GPUs (ZeRO-1 shards the moments over the ranks) or a smaller --batch-size"
+
 static size_t round_up(size_t n, size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
 // appends the CPU table's tensor `name` at *offset (aligned first unless it joins the previous tensor's
@@ -239,12 +244,12 @@ static void carve_acts(GpuModel *m, Carver *c) {
 // past layout_numel, stays zero: see GPU_PARAM_ALIGN)
 static void alloc_flat_vectors(GpuModel *m) {
     size_t n = m->shard * (size_t)m->world_size;
-    m->params = (float *)cuda_malloc_or_die(n * sizeof(float), "the float32 parameters");
-    m->grads = (float *)cuda_malloc_or_die(n * sizeof(float), "the gradients");
+    m->params = (float *)cuda_malloc_or_die(n * sizeof(float), "the float32 parameters", MODEL_TOO_BIG);
+    m->grads = (float *)cuda_malloc_or_die(n * sizeof(float), "the gradients", MODEL_TOO_BIG);
     cudaCheck(cudaMemsetAsync(m->params, 0, n * sizeof(float), m->stream));
     cudaCheck(cudaMemsetAsync(m->grads, 0, n * sizeof(float), m->stream));
     if (m->use_bf16) {
-        m->params_x = cuda_malloc_or_die(n * sizeof(bf16), "the bf16 parameter copy");
+        m->params_x = cuda_malloc_or_die(n * sizeof(bf16), "the bf16 parameter copy", MODEL_TOO_BIG);
         cudaCheck(cudaMemsetAsync(m->params_x, 0, n * sizeof(bf16), m->stream));
     } else {
         m->params_x = m->params;
@@ -294,7 +299,8 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     carve_acts(m, &count);
     m->acts_bytes = count.used;
     Carver c = {NULL, 0};
-    c.base = (char *)cuda_malloc_or_die(m->acts_bytes, "the activations of --batch-size x --seq-len");
+    c.base = (char *)cuda_malloc_or_die(m->acts_bytes, "the activations of --batch-size x --seq-len",
+                                           "lower --batch-size (raise --grad-accum to keep the tokens per step) or --seq-len");
     carve_acts(m, &c);
     cudaCheck(cudaMallocHost((void **)&a->host_tokens, 2 * (size_t)B * T * sizeof(int)));
     cudaCheck(cudaMallocHost((void **)&a->host_losses, (size_t)B * T * sizeof(float)));
@@ -327,8 +333,8 @@ void gpu_model_alloc_optimizer(GpuModel *m, int no_decay_set, int rank, int worl
     if (world_size > 1) free_flat_vectors(m);   // the parameters are not set yet (see model_cuda.cuh): nothing to keep
     gpu_model_shard(m, rank, world_size);
     if (world_size > 1) alloc_flat_vectors(m);   // shard·world_size values, padded
-    m->adam_m = (float *)cuda_malloc_or_die(m->shard * sizeof(float), "AdamW's first moments");
-    m->adam_v = (float *)cuda_malloc_or_die(m->shard * sizeof(float), "AdamW's second moments");
+    m->adam_m = (float *)cuda_malloc_or_die(m->shard * sizeof(float), "AdamW's first moments", MOMENTS_TOO_BIG);
+    m->adam_v = (float *)cuda_malloc_or_die(m->shard * sizeof(float), "AdamW's second moments", MOMENTS_TOO_BIG);
     cudaCheck(cudaMemsetAsync(m->adam_m, 0, m->shard * sizeof(float), m->stream));
     cudaCheck(cudaMemsetAsync(m->adam_v, 0, m->shard * sizeof(float), m->stream));
     size_t *ends = (size_t *)xmalloc((size_t)m->num_tensors * sizeof(size_t));
@@ -383,7 +389,7 @@ void gpu_model_upload(const GpuModel *m, float *device_dst, const float *cpu_src
     for (int i = 0; i < m->num_tensors; i++)
         cudaCheck(cudaMemcpy(device_dst + m->tensors[i].offset, cpu_src + m->tensors[i].cpu_offset,
                              m->tensors[i].numel * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaDeviceSynchronize());   // a pageable copy may return before its DMA lands; m->stream does not wait for it
+    cudaCheck(cudaDeviceSynchronize());   // a pageable copy may return before its DMA has landed
 }
 
 void gpu_model_download(const GpuModel *m, const float *device_src, float *cpu_dst) {

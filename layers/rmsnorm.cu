@@ -6,7 +6,9 @@
 // A row is two passes (the sums, then the outputs); a lane keeps its first CACHE chunks of the row
 // in registers between them and issues every load of a chunk before the first use, so a row costs
 // one memory latency, not three (reloading the row doubled these kernels' times at 400M). Chunks
-// past CACHE (rows wider than 32·N·CACHE values) are read again. Same arithmetic, same order.
+// past CACHE (rows wider than 32·N·CACHE values) are read again. The forwards give the same bits
+// as loop-and-reload; the backwards round w·dy (w·dy·sigmoid(g)) on its own where the compiler
+// used to fuse it into the subtraction: last-bit differences.
 #include "rmsnorm.cuh"
 
 #include "packed.cuh"

@@ -8,7 +8,8 @@
 // In bf16 the chunk-local products run on tensor cores with bf16 operands and float32
 // accumulation; in float32 every product is float32 FMA (no tf32), for the 1e-4 reference test.
 // Every pointer is a device pointer; all work is queued on `stream`, nothing synchronises.
-// Supported head dims: K and V multiples of 16, K <= 256, and V <= 64 or V a multiple of 64.
+// Supported head dims: K in {16, 32, 48, 64, 128, 192, 256}, and V a multiple of 16 up to 64 or a
+// multiple of 64 (mdn_cuda_check_shape says which).
 //
 // The backward recomputes the per-chunk states from the inputs (one extra forward state pass, no
 // output) instead of having the forward save them (2K x V per chunk: 8.5 GB a step at 400M). The

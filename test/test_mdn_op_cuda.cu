@@ -346,10 +346,10 @@ static int run_case(const Case &cs, bool bf16, double tol, int *checked) {
     char line[1024];
     int len = snprintf(line, sizeof line, "%s B%d T%-4d H%d K%-3d V%-3d %-10s init=%d dfinal=%d |", bf16 ? "bf16" : "f32 ",
                        P.B, P.T, P.H, P.K, P.V, regime_name[cs.rg], (int)P.init, (int)cs.dfinal);
-    Vec dq_first;
+    std::vector<Vec> first(12);   // this run's outputs, for the bitwise comparison below
     for (int i = 0; i < 12; i++) {
         const Vec got = from_device(dptr[i], refs[i]->size(), bf16 && isact[i]);
-        if (i == 3) dq_first = got;
+        first[i] = got;
         // bf16 gate gradients under nonzero final-state gradients: the last steps' d beta, d log alpha
         // are small residuals of large chunk terms (the float32 CPU op itself loses ~2 digits there,
         // see dev/NOTES-mdn-kernels.md); bounded at 1e-1 until those products run in float32
@@ -367,17 +367,23 @@ static int run_case(const Case &cs, bool bf16, double tol, int *checked) {
         len += snprintf(line + len, sizeof line - len, " %s %.1e", names[i], e);
         (*checked)++;
     }
-    // reproducibility, and the forward's saved results: a forward that keeps them in `saved`, the
-    // workspace poisoned, and a backward from `saved` give the same bits as the backward above
+    // reproducibility, and the forward's saved results: with every output and the workspace
+    // poisoned again, a forward that keeps its prepare results in `saved` (workspace poisoned once
+    // more) and a backward from `saved` must give the same bits, all 12 outputs, as the run above
     const size_t ssize = mdn_chunk_saved_size(&sh);
     void *saved = poisoned(ssize / 4 + 1, false);
+    for (int i = 0; i < 12; i++)
+        CUDA_CHECK(cudaMemset((void *)dptr[i], 0xff, refs[i]->size() * (bf16 && isact[i] ? 2 : 4)));
+    CUDA_CHECK(cudaMemset(ws, 0xff, wsize));
     CUDA_CHECK(mdn_chunk_forward_cuda(&sh, &in, o, ST, MT, saved, ws, 0));
     CUDA_CHECK(cudaMemset(ws, 0xff, wsize));
-    CUDA_CHECK(cudaMemset(gr.dq, 0xff, nq * (bf16 ? 2 : 4)));
     CUDA_CHECK(mdn_chunk_backward_cuda(&sh, &in, d_o, dST, dMT, &gr, saved, ws, 0));
     CUDA_CHECK(cudaDeviceSynchronize());
-    const Vec dq_again = from_device(gr.dq, nq, bf16);
-    const bool same = memcmp(dq_first.data(), dq_again.data(), nq * sizeof(double)) == 0;
+    bool same = true;
+    for (int i = 0; i < 12; i++) {
+        const Vec again = from_device(dptr[i], refs[i]->size(), bf16 && isact[i]);
+        same = same && memcmp(first[i].data(), again.data(), again.size() * sizeof(double)) == 0;
+    }
     if (!same) fails++;
     printf("%s | worst %s %.1e | vs CPU op %.1e (CPU op vs float64 %.1e)%s %s\n", line, names[worst_i], worst,
            worst_cpu, cpu_own, same ? "" : " NOT REPRODUCIBLE", fails ? "FAIL" : "ok");

@@ -142,6 +142,10 @@ int main(void) {
               "init: 1 thread and 3 threads give the same weights");
         check(memcmp(one->p.embeddings, one->p.embeddings + 65536, 1024 * sizeof(real)) != 0,
               "init: the second block of a tensor is not a copy of the first");
+        // every tensor has its own streams: same-shaped tensors must not get the same values
+        const BlockParams *lp = &one->p.layers[0];
+        check(memcmp(lp->q_proj, lp->k_proj, 64 * sizeof(real)) != 0 && memcmp(lp->A_log, lp->Mu_log, 16 * sizeof(real)) != 0,
+              "init: q_proj differs from k_proj, A_log from Mu_log");
         model_free(one);
         model_free(three);
     }
