@@ -300,7 +300,7 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     m->acts_bytes = count.used;
     Carver c = {NULL, 0};
     c.base = (char *)cuda_malloc_or_die(m->acts_bytes, "the activations of --batch-size x --seq-len",
-                                           "lower --batch-size (raise --grad-accum to keep the tokens per step) or --seq-len");
+                                        "lower --batch-size (raise --grad-accum to keep the tokens per step) or --seq-len");
     carve_acts(m, &c);
     cudaCheck(cudaMallocHost((void **)&a->host_tokens, 2 * (size_t)B * T * sizeof(int)));
     cudaCheck(cudaMallocHost((void **)&a->host_losses, (size_t)B * T * sizeof(float)));
