@@ -143,11 +143,27 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK, 2) rmsnorm_backward_kerne
     }
 }
 
+// the dweight kernels' end: the block's 8 row groups (threadIdx.y) hold per-thread sums of N columns
+// each; add them in a fixed order into partials[part, the block's 32·N columns]
+template <int N>
+__device__ void write_column_partials(const float (&acc)[N], float *partials, int part, int dim) {
+    __shared__ float acc_s[8][32 * N + 1];
+#pragma unroll
+    for (int k = 0; k < N; k++) acc_s[threadIdx.y][threadIdx.x * N + k] = acc[k];
+    __syncthreads();
+    for (int j = threadIdx.y * 32 + threadIdx.x; j < 32 * N; j += 32 * 8) {
+        int col = blockIdx.x * 32 * N + j;
+        if (col >= dim) break;
+        float s = 0.0f;
+        for (int y = 0; y < 8; y++) s += acc_s[y][j];
+        partials[(size_t)part * dim + col] = s;
+    }
+}
+
 // partials[part, c] = sum over this part's rows of dout[r,c]·inp[r,c]·rstd[r]; a thread owns N columns
 template <typename T, int N>
 __global__ void rmsnorm_dweight_kernel(float *partials, const T *dout, const float *inp, const float *rstd,
                                        int rows, int dim) {
-    __shared__ float acc_s[8][32 * N + 1];
     int c = (blockIdx.x * 32 + threadIdx.x) * N, part = blockIdx.y;
     int rows_per_part = ceil_div(rows, gridDim.y);
     int r0 = part * rows_per_part, r1 = min(rows, r0 + rows_per_part);
@@ -162,16 +178,7 @@ __global__ void rmsnorm_dweight_kernel(float *partials, const T *dout, const flo
 #pragma unroll
             for (int k = 0; k < N; k++) acc[k] += dy[k] * x[k] * rs;
         }
-#pragma unroll
-    for (int k = 0; k < N; k++) acc_s[threadIdx.y][threadIdx.x * N + k] = acc[k];
-    __syncthreads();
-    for (int j = threadIdx.y * 32 + threadIdx.x; j < 32 * N; j += 32 * 8) {
-        int col = blockIdx.x * 32 * N + j;
-        if (col >= dim) break;
-        float s = 0.0f;
-        for (int y = 0; y < 8; y++) s += acc_s[y][j];
-        partials[(size_t)part * dim + col] = s;
-    }
+    write_column_partials<N>(acc, partials, part, dim);
 }
 
 template <typename T>
@@ -299,7 +306,6 @@ __global__ void gated_rmsnorm_backward_kernel(T *dinp, T *dgate, const T *dout, 
 template <typename T, int N>
 __global__ void gated_rmsnorm_dweight_kernel(float *partials, const T *dout, const T *inp, const T *gate,
                                              const float *rstd, int rows, int dim, int H, int gate_stride) {
-    __shared__ float acc_s[8][32 * N + 1];
     int c = (blockIdx.x * 32 + threadIdx.x) * N, part = blockIdx.y;
     int rows_per_part = ceil_div(rows, gridDim.y);
     int r0 = part * rows_per_part, r1 = min(rows, r0 + rows_per_part);
@@ -315,16 +321,7 @@ __global__ void gated_rmsnorm_dweight_kernel(float *partials, const T *dout, con
 #pragma unroll
             for (int k = 0; k < N; k++) acc[k] += dy[k] * sigmoidf_(g[k]) * x[k] * rs;
         }
-#pragma unroll
-    for (int k = 0; k < N; k++) acc_s[threadIdx.y][threadIdx.x * N + k] = acc[k];
-    __syncthreads();
-    for (int j = threadIdx.y * 32 + threadIdx.x; j < 32 * N; j += 32 * 8) {
-        int col = blockIdx.x * 32 * N + j;
-        if (col >= dim) break;
-        float s = 0.0f;
-        for (int y = 0; y < 8; y++) s += acc_s[y][j];
-        partials[(size_t)part * dim + col] = s;
-    }
+    write_column_partials<N>(acc, partials, part, dim);
 }
 
 // whether the gated norm's T rows (and the gate's rows, gate_stride apart) allow N-value accesses

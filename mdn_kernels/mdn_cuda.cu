@@ -1830,6 +1830,9 @@ __global__ void __launch_bounds__(NTHREADS)
     // row layout spent ~40% of this kernel waiting on global loads, at 1 CTA per SM).
     constexpr int ROWS_PER_WARP = CH / (NTHREADS / 32);
     const int warp = tid >> 5, lane = tid & 31, row0 = warp * ROWS_PER_WARP;
+    // row i of the chunk: its q/k/dq/dk row and its workspace row (dQst, dKst, dPst)
+    auto qk_row = [&](int i) { return (((size_t)b * d.T + t0 + i) * d.H + h) * K; };
+    auto ws_row = [&](int i) { return ((size_t)bhc * CH + i) * K; };
     // per row: <dkappa, khat>, <dp, khat>, <dqhat, qhat>, <dkhat, khat> (lane partials)
     float dots[ROWS_PER_WARP][4] = {};
     float *O1 = QK, *O2 = KK, *O3 = dG;   // [CH][LDL] hold [CH][KS] slices (KS <= CH)
@@ -1857,7 +1860,7 @@ __global__ void __launch_bounds__(NTHREADS)
             for (int r = 0; r < ROWS_PER_WARP; r++) {
                 const int i = row0 + r;
                 const bool valid = t0 + i < d.T;
-                const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K, wsrow = ((size_t)bhc * CH + i) * K;
+                const size_t rowbase = qk_row(i), wsrow = ws_row(i);
                 qraw[r] = valid ? to_f(q[rowbase + kk]) : 0.f;
                 kraw[r] = valid ? to_f(k[rowbase + kk]) : 0.f;
                 dqs[r] = dQst[wsrow + kk];
@@ -1867,7 +1870,7 @@ __global__ void __launch_bounds__(NTHREADS)
 #pragma unroll
             for (int r = 0; r < ROWS_PER_WARP; r++) {
                 const int i = row0 + r;
-                const size_t wsrow = ((size_t)bhc * CH + i) * K;
+                const size_t wsrow = ws_row(i);
                 const float qh = qraw[r] * s.rq[i], kh = kraw[r] * s.rk[i];
                 const float dqbar = dqs[r] + O1[i * LDL + cc];
                 const float dkap = dks[r] + O2[i * LDL + cc];
@@ -1895,7 +1898,7 @@ __global__ void __launch_bounds__(NTHREADS)
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const int i = row0 + r;
             const bool valid = t0 + i < d.T;
-            const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K, wsrow = ((size_t)bhc * CH + i) * K;
+            const size_t rowbase = qk_row(i), wsrow = ws_row(i);
             qraw[r] = valid ? to_f(q[rowbase + cc]) : 0.f;
             kraw[r] = valid ? to_f(k[rowbase + cc]) : 0.f;
             dqs[r] = dQst[wsrow + cc];
@@ -1905,7 +1908,7 @@ __global__ void __launch_bounds__(NTHREADS)
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const int i = row0 + r;
             if (t0 + i >= d.T) continue;
-            const size_t rowbase = (((size_t)b * d.T + t0 + i) * d.H + h) * K;
+            const size_t rowbase = qk_row(i);
             const float rq_i = s.rq[i], rk_i = s.rk[i], qh = qraw[r] * rq_i, kh = kraw[r] * rk_i;
             if (dq) dq[rowbase + cc] = from_f<T>(rq_i * (dqs[r] - dots[r][2] * qh));
             if (dk) dk[rowbase + cc] = from_f<T>(rk_i * (dks[r] - dots[r][3] * kh));
