@@ -613,6 +613,7 @@ static void backward_blocks(GpuModel *m, int B) {
         gpu_model_profile_mark(m, "matmul q|k|v|g + gate logits backward");
         rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, g.attn_norm, a->norm_partials, (const X *)a->dxn,
                                  a->resid[l], p.attn_norm, a->rstd1[l], BT, D, s);   // dresid is now dL/dx
+        gpu_model_profile_mark(m, "rmsnorm backward");
     }
     embedding_backward_cuda(m->grads + embeddings_offset(m), a->dresid, a->tokens, BT, D, c->vocab_size, a->scratch, s);
     gpu_model_profile_mark(m, "embedding backward");

@@ -274,36 +274,62 @@ __device__ void block_gemm_split(int M, int N, int Kd, const FA &fa, const FB &f
     }
 }
 
+// e = i * n + j -> i for the tile loops: a shift when n is a power of two (every tile shape of the
+// paper configs), else a division; a runtime division is ~25 integer instructions, and the copy
+// loops below split an index per 16-byte vector (ncu: 40% of the state-gradient kernel's issue slots)
+__device__ __forceinline__ int row_of(int e, int n) {
+    return (n & (n - 1)) == 0 ? e >> (31 - __clz(n)) : e / n;
+}
+
 // Copy `rows` rows of `cols` elements (cols a multiple of 16 bytes' worth) from global rows
-// src + i*src_stride into shared dst + i*ldd with 16-byte accesses, times scale[i] when scale is
-// non-NULL; rows >= rows_valid are zero (the last chunk's padding).
+// src + i*src_stride into shared dst + i*ldd with 16-byte accesses; rows >= rows_valid are zero
+// (the last chunk's padding).
 template <typename T>
-__device__ void load_rows(T *dst, int ldd, const T *src, size_t src_stride, int rows, int cols, int rows_valid,
-                          const float *scale) {
+__device__ void load_rows(T *dst, int ldd, const T *src, size_t src_stride, int rows, int cols, int rows_valid) {
     constexpr int VW = 16 / (int)sizeof(T);
     const int nvec = cols / VW;
     for (int e = threadIdx.x; e < rows * nvec; e += blockDim.x) {
-        const int i = e / nvec, c = (e - i * nvec) * VW;
+        const int i = row_of(e, nvec), c = (e - i * nvec) * VW;
         uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-        if (i < rows_valid) {
-            raw = *reinterpret_cast<const uint4 *>(src + i * src_stride + c);
-            if (scale) {
-                const float sc = scale[i];
-                if constexpr (sizeof(T) == 2) {
-                    __nv_bfloat162 *hv = reinterpret_cast<__nv_bfloat162 *>(&raw);
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const float2 f = __bfloat1622float2(hv[j]);
-                        hv[j] = __floats2bfloat162_rn(f.x * sc, f.y * sc);
-                    }
-                } else {
-                    float *fv = reinterpret_cast<float *>(&raw);
-#pragma unroll
-                    for (int j = 0; j < 4; j++) fv[j] *= sc;
-                }
-            }
-        }
+        if (i < rows_valid) raw = *reinterpret_cast<const uint4 *>(src + i * src_stride + c);
         *reinterpret_cast<uint4 *>(dst + i * ldd + c) = raw;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// asynchronous copies global -> shared (cp.async): a thread issues all its copies, then waits once,
+// so a tile costs one memory latency instead of one per element it loads
+// ------------------------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+// 16 bytes; zero-filled when !valid (src is then not read)
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+// 4 bytes (rows whose shared-memory stride is not a multiple of 16 bytes)
+__device__ __forceinline__ void cp_async4(void *dst, const void *src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// `rows` rows of `cols` elements (a multiple of 16 bytes) from global src + i*stride into shared
+// dst + i*ldd; rows >= valid are zero
+template <typename T>
+__device__ __forceinline__ void async_rows(T *dst, int ldd, const T *src, size_t stride, int rows, int cols, int valid) {
+    constexpr int VW = 16 / (int)sizeof(T);
+    const int nvec = cols / VW;
+    for (int e = threadIdx.x; e < rows * nvec; e += blockDim.x) {
+        const int i = row_of(e, nvec), c = (e - i * nvec) * VW;
+        cp_async16(dst + i * ldd + c, i < valid ? src + i * stride + c : src, i < valid);
+    }
+}
+// the rows of dst (shared, `rows` x `cols`, stride ldd) times scale[i], in place (the rounding of
+// load_rows with a scale)
+template <typename T> __device__ void scale_rows(T *dst, int ldd, int rows, int cols, const float *scale) {
+    for (int e = threadIdx.x; e < rows * cols; e += blockDim.x) {
+        const int i = row_of(e, cols), c = e - i * cols;
+        dst[i * ldd + c] = from_f<T>(to_f(dst[i * ldd + c]) * scale[i]);
     }
 }
 
@@ -426,21 +452,26 @@ template <typename T> __host__ __device__ size_t carve_prep(PrepSmem<T> &s, char
     return cv.off;
 }
 
-// raw rows -> rq, rk (inverse norms) and the normalised rows Qh = qbar (scaled), Kh = khat
+// raw rows -> rq, rk (inverse norms) and the normalised rows Qh = qbar (scaled), Kh = khat. The raw
+// rows come in by cp.async (all in flight at once; a warp reading its rows from global memory,
+// twice, was a quarter of the prepare kernel's time, ncu), then each warp normalises its rows in place.
 template <typename T>
 __device__ void load_normalised(const Dims &d, const T *q, const T *k, int b, int h, int t0, float *rq, float *rk,
                                 T *Qh, T *Kh, int ldk) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    const size_t base = (((size_t)b * d.T + t0) * d.H + h) * d.K, stride = (size_t)d.H * d.K;
+    const int rows_valid = min(CH, d.T - t0);   // the padding rows are zero: norm factor 1e3, values 0
+    async_rows(Qh, ldk, q + base, stride, CH, d.K, rows_valid);
+    async_rows(Kh, ldk, k + base, stride, CH, d.K, rows_valid);
+    cp_async_wait_all();
+    __syncthreads();
     for (int r = warp; r < CH; r += nwarps) {
-        const bool valid = t0 + r < d.T;
-        const size_t base = (((size_t)b * d.T + t0 + r) * d.H + h) * d.K;
         float sq = 0.f, sk = 0.f;
-        if (valid)
-            for (int c = lane; c < d.K; c += 32) {
-                const float qv = to_f(q[base + c]), kv = to_f(k[base + c]);
-                sq = fmaf(qv, qv, sq);
-                sk = fmaf(kv, kv, sk);
-            }
+        for (int c = lane; c < d.K; c += 32) {
+            const float qv = to_f(Qh[r * ldk + c]), kv = to_f(Kh[r * ldk + c]);
+            sq = fmaf(qv, qv, sq);
+            sk = fmaf(kv, kv, sk);
+        }
         for (int o = 16; o > 0; o >>= 1) {
             sq += __shfl_xor_sync(0xffffffffu, sq, o);
             sk += __shfl_xor_sync(0xffffffffu, sk, o);
@@ -451,9 +482,8 @@ __device__ void load_normalised(const Dims &d, const T *q, const T *k, int b, in
             rk[r] = ik;
         }
         for (int c = lane; c < d.K; c += 32) {
-            const float qv = valid ? to_f(q[base + c]) : 0.f, kv = valid ? to_f(k[base + c]) : 0.f;
-            Qh[r * ldk + c] = from_f<T>(qv * iq * d.qscale);
-            Kh[r * ldk + c] = from_f<T>(kv * ik);
+            Qh[r * ldk + c] = from_f<T>(to_f(Qh[r * ldk + c]) * iq * d.qscale);
+            Kh[r * ldk + c] = from_f<T>(to_f(Kh[r * ldk + c]) * ik);
         }
     }
 }
@@ -614,12 +644,12 @@ __device__ void load_chunk(const StateSmem<T> &s, const Dims &d, int b, int h, i
     const int rows_valid = min(CH, d.T - t0);
     const size_t base = (((size_t)b * d.T + t0) * d.H + h);
     const size_t mo = (size_t)bhc * CH * CH;
-    load_rows(s.Kh, ldk, k + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid, (const float *)nullptr);
-    load_rows(s.Qh, ldk, q + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid, (const float *)nullptr);
-    load_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH, (const float *)nullptr);
-    load_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH, (const float *)nullptr);
+    load_rows(s.Kh, ldk, k + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid);
+    load_rows(s.Qh, ldk, q + base * d.K, (size_t)d.H * d.K, CH, d.K, rows_valid);
+    load_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH);
+    load_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH);
     if (tile_src)
-        load_rows(s.Vs, ldv, tile_src + base * d.V + v0, (size_t)d.H * d.V, CH, d.Vt, rows_valid, (const float *)nullptr);
+        load_rows(s.Vs, ldv, tile_src + base * d.V + v0, (size_t)d.H * d.V, CH, d.Vt, rows_valid);
     __syncthreads();
 }
 
@@ -808,7 +838,6 @@ __global__ void __launch_bounds__(NTHREADS)
 //   passed a barrier (T^-1, QKG, q / d_o during the state update; k after it).
 typedef __nv_bfloat16 bf16;
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -823,23 +852,6 @@ __device__ __forceinline__ void ldsm_x2_t(uint32_t r[2], const bf16 *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
                  : "=r"(r[0]), "=r"(r[1])
                  : "r"(smem_addr(p)));
-}
-// 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read)
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
-// `rows` rows of `cols` bf16 from global src + i*stride into shared dst + i*ldd; rows >= valid zero
-__device__ __forceinline__ void async_rows(bf16 *dst, int ldd, const bf16 *src, size_t stride, int rows, int cols,
-                                           int valid) {
-    const int nvec = cols / 8;
-    for (int e = threadIdx.x; e < rows * nvec; e += blockDim.x) {
-        const int i = e / nvec, c = (e - i * nvec) * 8;
-        cp_async16(dst + i * ldd + c, i < valid ? src + i * stride + c : src, i < valid);
-    }
 }
 
 // Fragments of m16n8k16 (g = lane/4, t = lane%4 as in tile_acc). A 16x16 at (m0,k0) from P
@@ -1001,10 +1013,16 @@ __device__ __forceinline__ void fast_state_store(float (*st)[2][FastTiling<VT>::
     }
 }
 
+// CTAs per SM the forward state pass is compiled for (registers per thread: 128 for 2, 80 for 3).
+// The recompute (STORE: no q, no QKG) at VT 32 with one strip per warp fits three in shared memory
+// (69 KB at K 128): the 400M shape's 384 CTAs then run as one round on 132 SMs instead of two
+// (0.86 -> 0.62 ms on an H100, with 32 bytes of spills).
+template <int VT, int SPW, bool STORE> constexpr int fwd_fast_min_ctas() { return STORE && VT == 32 && SPW == 1 ? 3 : 2; }
+
 // Forward state pass (bf16). STORE as mdn_state_fwd_kernel (Xall per chunk in XT: bf16 for the v8
 // state gradients, float32 for v7's; Uall bf16).
 template <int VT, int SPW, bool STORE, typename XT>
-__global__ void __launch_bounds__(NTHREADS, 2)
+__global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
     mdn_state_fwd_fast_kernel(Dims d, const bf16 *q, const bf16 *k, const bf16 *v, const float *S0, const float *M0,
                               const float *vec, const bf16 *Tinv, const bf16 *QKG, bf16 *o, float *S_final,
                               float *M_final, XT *Xall, bf16 *Uall) {
@@ -1357,9 +1375,9 @@ __global__ void __launch_bounds__(NTHREADS)
         {
             const int rows_valid = min(CH, d.T - t0);
             const size_t base = ((size_t)b * d.T + t0) * d.H + h;
-            load_rows(s.dO, ldv, d_o + base * d.V + v0, (size_t)d.H * d.V, CH, Vc, rows_valid, (const float *)nullptr);
-            load_rows(s.G, ldv, Gin + base * d.V + v0, (size_t)d.H * d.V, CH, Vc, rows_valid, (const float *)nullptr);
-            load_rows(s.U, ldv, Uall + (size_t)bhc * CH * d.V + v0, d.V, CH, Vc, CH, (const float *)nullptr);
+            load_rows(s.dO, ldv, d_o + base * d.V + v0, (size_t)d.H * d.V, CH, Vc, rows_valid);
+            load_rows(s.G, ldv, Gin + base * d.V + v0, (size_t)d.H * d.V, CH, Vc, rows_valid);
+            load_rows(s.U, ldv, Uall + (size_t)bhc * CH * d.V + v0, d.V, CH, Vc, CH);
             if (!fcta) {
                 const size_t xs = ((size_t)bhc * 2 * K + k0) * d.V + v0, xm = xs + (size_t)K * d.V;
                 // float32 states: the scalar reductions in float32, the product operands in T
@@ -1692,6 +1710,13 @@ __global__ void __launch_bounds__(NTHREADS)
     float *QK = s.QK, *KK = s.KK, *F1 = s.F1, *F2 = s.F2, *dG = s.dG;
     const float *G = c.G, *Ea = c.Ea, *Em = c.Em;
 
+    // F1, F2 (the state-grads kernel's L x L products) arrive while the gate coefficients are formed
+    const float *Fi = F + (size_t)bhc * 2 * CH * CH;
+    for (int e = tid; e < CH * CH; e += blockDim.x) {
+        const int i = e / CH, j = e % CH;
+        cp_async4(F1 + i * LDL + j, Fi + e);
+        cp_async4(F2 + i * LDL + j, Fi + CH * CH + e);
+    }
     chunk_coef(c, d, b, h, t0, log_alpha, log_mu, beta, eta);
     const float *vi = vec + (size_t)bhc * NVEC * CH;
     if (tid < CH) {
@@ -1701,6 +1726,7 @@ __global__ void __launch_bounds__(NTHREADS)
         s.qs[i] = vi[VEC_RQ * CH + i] * d.qscale;
         float rp[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, rn[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
         float sss = 0.f, ssm = 0.f, smm = 0.f;
+#pragma unroll 4
         for (int kt = 0; kt < nKt; kt++) {
             for (int j = 0; j < NRP; j++) {
                 rp[j] += rowp[(((size_t)bhc * nKt + kt) * NRP + j) * CH + i];
@@ -1718,22 +1744,25 @@ __global__ void __launch_bounds__(NTHREADS)
         s.dgv[i] = rp[RP_DG];
         s.dhv[i] = rp[RP_DH];
     }
-    const float *Fi = F + (size_t)bhc * 2 * CH * CH;
     for (int e = tid; e < CH * CH; e += blockDim.x) {
         const int i = e / CH, j = e % CH;
-        F1[i * LDL + j] = Fi[e];
-        F2[i * LDL + j] = Fi[CH * CH + e];
         QK[i * LDL + j] = 0.f;
         KK[i * LDL + j] = 0.f;
     }
+    cp_async_wait_all();   // F1, F2
     __syncthreads();
     // QK = Qbar Khat^T, KK = Khat Khat^T, accumulated over K slices
     const T *Khs = s.Khs, *Qhs = s.Qhs;
     const int rows_valid = min(CH, d.T - t0);
     const size_t qkbase = (((size_t)b * d.T + t0) * d.H + h) * K;
+    // columns k0.. of khat and qbar (raw rows by cp.async, then scaled in place); ends before a barrier
     auto load_slice = [&](int k0) {
-        load_rows(s.Khs, lds, k + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid, s.rk);
-        load_rows(s.Qhs, lds, q + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid, s.qs);
+        async_rows(s.Khs, lds, k + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid);
+        async_rows(s.Qhs, lds, q + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid);
+        cp_async_wait_all();
+        __syncthreads();
+        scale_rows(s.Khs, lds, CH, KS, s.rk);
+        scale_rows(s.Qhs, lds, CH, KS, s.qs);
     };
     for (int k0 = 0; k0 < K; k0 += KS) {
         load_slice(k0);
