@@ -12,6 +12,7 @@
 
 #define CONV_TILE 16      // time steps per thread
 #define CONV_WARPS 8      // tiles per block (threadIdx.y); threadIdx.x runs over 32 channel groups
+#define CONV_PREFETCH 4   // backward: steps of x and dout loaded ahead (loads in flight per thread: 2x)
 
 // channels per thread for W taps: 16 bytes in the forward, 8 in the backward (which keeps three
 // W·N windows in registers; at 16 bytes it needs ~155 registers and runs one block per SM), fewer
@@ -135,13 +136,25 @@ __global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_backward_ke
             }
             // steps u = t0 .. t0+len+W-2: dz at u; dinp at u−(W−1) once the window holds dz[u−W+1 .. u]
             int u_end = min(Tlen, t0 + len + W - 1);
-            Packed<T, N> x_next = load_packed<N>(xb + (size_t)t0 * in_stride);
-            Packed<T, N> g_next = load_packed<N>(dout + (size_t)r0 * C + c0);
+            // x and dout of steps u .. u+CONV_PREFETCH-1 (those before u_end): at two blocks an SM
+            // one step ahead left the kernel waiting on memory (~3x its byte time)
+            Packed<T, N> x_ahead[CONV_PREFETCH], g_ahead[CONV_PREFETCH];
+#pragma unroll
+            for (int j = 0; j < CONV_PREFETCH; j++)
+                if (t0 + j < u_end) {
+                    x_ahead[j] = load_packed<N>(xb + (size_t)(t0 + j) * in_stride);
+                    g_ahead[j] = load_packed<N>(dout + (size_t)(r0 + j) * C + c0);
+                }
             for (int u = t0; u < t0 + len + W - 1; u++) {
-                Packed<T, N> x_cur = x_next, g_cur = g_next;
-                if (u + 1 < u_end) {
-                    x_next = load_packed<N>(xb + (size_t)(u + 1) * in_stride);
-                    g_next = load_packed<N>(dout + (size_t)(r0 - t0 + u + 1) * C + c0);
+                Packed<T, N> x_cur = x_ahead[0], g_cur = g_ahead[0];
+#pragma unroll
+                for (int j = 0; j + 1 < CONV_PREFETCH; j++) {
+                    x_ahead[j] = x_ahead[j + 1];
+                    g_ahead[j] = g_ahead[j + 1];
+                }
+                if (u + CONV_PREFETCH < u_end) {
+                    x_ahead[CONV_PREFETCH - 1] = load_packed<N>(xb + (size_t)(u + CONV_PREFETCH) * in_stride);
+                    g_ahead[CONV_PREFETCH - 1] = load_packed<N>(dout + (size_t)(r0 - t0 + u + CONV_PREFETCH) * C + c0);
                 }
 #pragma unroll
                 for (int i = 0; i < W - 1; i++)
