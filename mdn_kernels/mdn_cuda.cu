@@ -20,9 +20,10 @@
 //   bwd_state_grads  one CTA per (b,h,chunk, 32 key columns) (+1 for the L x L products):
 //               the products over V: dO X0^T, G X0^T, U dX1^T (-> partial dqbar, dp, dkappa and
 //               gate-factor gradients), dO U^T and G U^T.
-//   bwd_chunk   one CTA per (b,h,chunk): the L x L chain (dGamma, Ea, Em, beta -> log gates; its
-//               two L^3 products as split-bf16 tensor-core products in bf16 mode), the remaining
-//               L x L x K products and the preprocessing backward (L2 norms), a warp per row.
+//   bwd_chunk   one CTA of 16 warps per (b,h,chunk): the L x L chain (dGamma, Ea, Em, beta -> log
+//               gates; its two L^3 products as split-bf16 tensor-core products in bf16 mode), the
+//               remaining L x L x K products (bf16: ldmatrix fragments from bf16 operand copies) and
+//               the preprocessing backward (L2 norms), a warp per row.
 // Every reduction has a fixed order (no atomics): results are bitwise reproducible.
 // Products: bf16 -> mma.sync m16n8k16 (bf16 operands, float32 accumulation); float32 -> FMA.
 #include <cuda_bf16.h>
@@ -221,59 +222,6 @@ __device__ void block_gemm(int M, int N, int Kd, const FA &fa, const FB &fb, con
     block_gemm3<MMA>(M, N, Kd, fa, fb, 0, fa, fb, 0, fa, fb, epi);
 }
 
-// x = hi + lo + O(2^-16 |x|): the bf16 pair (hi of x, hi of y) and the pair of their remainders
-__device__ __forceinline__ void split_bf16(float x, float y, uint32_t &hi, uint32_t &lo) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-    const float2 hf = __bfloat1622float2(h);
-    hi = *reinterpret_cast<const uint32_t *>(&h);
-    lo = pack_bf16(x - hf.x, y - hf.y);
-}
-
-// C = fa fb (M x N, inner Kd) handed to epi as block_gemm does, for float32 operands that one bf16
-// rounding would spoil (the L x L gate-gradient chain: sums whose terms cancel). With MMA each
-// operand is split into bf16 hi + lo and the product taken as hi*hi + hi*lo + lo*hi (three
-// tensor-core products, ~2^-16 relative error per term, float32-like); without, float32 FMA.
-template <bool MMA, class FA, class FB, class FE>
-__device__ void block_gemm_split(int M, int N, int Kd, const FA &fa, const FB &fb, const FE &epi) {
-    if constexpr (!MMA) {
-        block_gemm<false>(M, N, Kd, fa, fb, epi);
-    } else {
-        constexpr int NB = 2;   // 16 x 16 strips: 16 per 64 x 64 product, two per warp
-        const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, lane = threadIdx.x & 31;
-        const int g = lane >> 2, t = lane & 3, tn = N / (8 * NB), ntiles = (M >> 4) * tn;
-        for (int tile = warp; tile < ntiles; tile += nwarps) {
-            const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NB, r0 = m0 + g, r1 = r0 + 8;
-            float c[NB][4] = {};
-            for (int k = 0; k < Kd; k += 16) {
-                const int k0 = k + 2 * t, k1 = k0 + 8;
-                uint32_t ah[4], al[4];
-                split_bf16(fa(r0, k0), fa(r0, k0 + 1), ah[0], al[0]);
-                split_bf16(fa(r1, k0), fa(r1, k0 + 1), ah[1], al[1]);
-                split_bf16(fa(r0, k1), fa(r0, k1 + 1), ah[2], al[2]);
-                split_bf16(fa(r1, k1), fa(r1, k1 + 1), ah[3], al[3]);
-#pragma unroll
-                for (int nb = 0; nb < NB; nb++) {
-                    const int col = n0 + 8 * nb + g;
-                    uint32_t bh[2], bl[2];
-                    split_bf16(fb(k0, col), fb(k0 + 1, col), bh[0], bl[0]);
-                    split_bf16(fb(k1, col), fb(k1 + 1, col), bh[1], bl[1]);
-                    mma_bf16_16816(c[nb], al[0], al[1], al[2], al[3], bh[0], bh[1]);
-                    mma_bf16_16816(c[nb], ah[0], ah[1], ah[2], ah[3], bl[0], bl[1]);
-                    mma_bf16_16816(c[nb], ah[0], ah[1], ah[2], ah[3], bh[0], bh[1]);
-                }
-            }
-#pragma unroll
-            for (int nb = 0; nb < NB; nb++) {
-                const int col = n0 + 8 * nb + 2 * t;
-                epi(r0, col, c[nb][0]);
-                epi(r0, col + 1, c[nb][1]);
-                epi(r1, col, c[nb][2]);
-                epi(r1, col + 1, c[nb][3]);
-            }
-        }
-    }
-}
-
 // e = i * n + j -> i for the tile loops: a shift when n is a power of two (every tile shape of the
 // paper configs), else a division; a runtime division is ~25 integer instructions, and the copy
 // loops below split an index per 16-byte vector (ncu: 40% of the state-gradient kernel's issue slots)
@@ -403,8 +351,9 @@ __device__ void chunk_coef(const Coef &c, const Dims &d, int b, int h, int t0, c
     // Gamma in 4 x 4 register tiles (rows 4ti..4ti+3, columns tj + 16c): a thread sums l over
     // [tj, 4ti+3] in increasing order; the terms outside [j, i] are exact zeros (Ea[i][l] = 0 for
     // l > i, Em[l][j] = 0 for l < j), so every Gamma[i][j] is the plain ordered sum over l = j..i.
-    static_assert(CH == 64 && NTHREADS == 256, "Gamma tiling assumes 64 x 64 over 256 threads");
-    {
+    // (the first 256 threads: CTAs have 256 or more)
+    static_assert(CH == 64, "Gamma tiling assumes 64 x 64 over 256 threads");
+    if (tid < 256) {
         const int ti = tid >> 4, tj = tid & 15;
         float acc[4][4] = {};
         for (int l = tj; l <= 4 * ti + 3; l++) {
@@ -1510,6 +1459,81 @@ __device__ __forceinline__ void frag_bn2(uint32_t b[4], const bf16 *P, int ld, i
     ldsm_x4(b, P + (n0 + (mi >> 1) * 8 + rr) * ld + k0 + (mi & 1) * 8);
 }
 
+// bf16 block products from shared memory with ldmatrix fragments (bwd_chunk's L x L and L x KS
+// products). Operand layouts: A(m,k) = A[m*lda+k], or A[k*lda+m] when AT; B(k,n) = B[k*ldb+n], or
+// B[n*ldb+k] when BN. The whole block computes C (M x N, multiples of 16, inner kdim a multiple of
+// 16) in 16 x 16 tiles and hands every element to epi(row, col, value) once; each element sums its
+// k-steps in increasing order, as block_gemm's tiles do, so the bits are those of block_gemm on the
+// same bf16 values.
+template <bool BN> __device__ __forceinline__ void frag_b16(uint32_t b[4], const bf16 *P, int ld, int k0, int n0) {
+    if (BN) frag_bn2(b, P, ld, k0, n0);
+    else frag_b2(b, P, ld, k0, n0);
+}
+template <class FE> __device__ __forceinline__ void tile16_epilogue(const float (*c)[4], int m0, int n0, const FE &epi) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int nb = 0; nb < 2; nb++) {
+        const int col = n0 + 8 * nb + 2 * t;
+        epi(m0 + g, col, c[nb][0]);
+        epi(m0 + g, col + 1, c[nb][1]);
+        epi(m0 + g + 8, col, c[nb][2]);
+        epi(m0 + g + 8, col + 1, c[nb][3]);
+    }
+}
+// C = A B (+ A2 B2 when A2 is non-NULL, same layouts, the second product's k-steps after the first's)
+template <bool AT, bool BN, class FE>
+__device__ void block_mma(int M, int N, int kdim, const bf16 *A, int lda, const bf16 *B, int ldb, const bf16 *A2,
+                          const bf16 *B2, const FE &epi) {
+    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, tn = N / 16, ntiles = (M / 16) * tn;
+    for (int tile = warp; tile < ntiles; tile += nwarps) {
+        const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 16;
+        float c[2][4] = {};
+        for (int op = 0; op < (A2 ? 2 : 1); op++) {
+            const bf16 *Ao = op ? A2 : A, *Bo = op ? B2 : B;
+            for (int k0 = 0; k0 < kdim; k0 += 16) {
+                uint32_t a[4], b[4];
+                frag_a<AT>(a, Ao, lda, m0, k0);
+                frag_b16<BN>(b, Bo, ldb, k0, n0);
+                mma_bf16_16816(c[0], a[0], a[1], a[2], a[3], b[0], b[1]);
+                mma_bf16_16816(c[1], a[0], a[1], a[2], a[3], b[2], b[3]);
+            }
+        }
+        tile16_epilogue(c, m0, n0, epi);
+    }
+}
+// C = A B for float32 operands that one bf16 rounding would spoil (the L x L gate-gradient chain:
+// sums whose terms cancel), each given as its bf16 split hi + lo (store_split, x = hi + lo + O(2^-16 |x|)):
+// per k-step lo*hi + hi*lo + hi*hi, three tensor-core products, ~2^-16 relative error per term.
+template <bool AT, bool BN, class FE>
+__device__ void block_mma_split(int M, int N, int kdim, const bf16 *Ah, const bf16 *Al, int lda, const bf16 *Bh,
+                                const bf16 *Bl, int ldb, const FE &epi) {
+    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, tn = N / 16, ntiles = (M / 16) * tn;
+    for (int tile = warp; tile < ntiles; tile += nwarps) {
+        const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 16;
+        float c[2][4] = {};
+        for (int k0 = 0; k0 < kdim; k0 += 16) {
+            uint32_t ah[4], al[4], bh[4], bl[4];
+            frag_a<AT>(ah, Ah, lda, m0, k0);
+            frag_a<AT>(al, Al, lda, m0, k0);
+            frag_b16<BN>(bh, Bh, ldb, k0, n0);
+            frag_b16<BN>(bl, Bl, ldb, k0, n0);
+#pragma unroll
+            for (int nb = 0; nb < 2; nb++) {
+                mma_bf16_16816(c[nb], al[0], al[1], al[2], al[3], bh[2 * nb], bh[2 * nb + 1]);
+                mma_bf16_16816(c[nb], ah[0], ah[1], ah[2], ah[3], bl[2 * nb], bl[2 * nb + 1]);
+                mma_bf16_16816(c[nb], ah[0], ah[1], ah[2], ah[3], bh[2 * nb], bh[2 * nb + 1]);
+            }
+        }
+        tile16_epilogue(c, m0, n0, epi);
+    }
+}
+// x split into bf16 hi (the rounding of x) and lo (the rounding of the remainder)
+__device__ __forceinline__ void store_split(bf16 *dst_hi, bf16 *dst_lo, float x) {
+    const bf16 h = __float2bfloat16_rn(x);
+    *dst_hi = h;
+    *dst_lo = __float2bfloat16_rn(x - __bfloat162float(h));
+}
+
 // 3 CTAs per SM (80 registers: 60 bytes of spills at KT 32) measured faster than 2 (120, none):
 // 400M 1.22 -> 1.10 ms, 1B 1.95 -> 1.73 ms
 template <int KT>
@@ -1681,6 +1705,10 @@ template <typename T> struct ChunkBwdSmem {
     float *QK, *KK, *F1, *F2, *dG;                          // [CH][LDL]
     float *rq, *rk, *qs, *da, *db, *dm, *dgv, *dhv, *dA, *dC, *dbeta, *dlad, *deta;   // [CH]
     T *Khs, *Qhs;                                           // [CH][KS+pad]
+    // bf16 only: six [CH][CH+8] operand copies for the ldmatrix products. During the gate-gradient
+    // products the splits of dGamma, Em and Ea o beta (hi, lo each); in the K-slice loop F1, F2
+    // (after the Gamma factors), eta o khat and pa o khat.
+    bf16 *Ob[6];
 };
 template <typename T> __host__ __device__ size_t carve_chunk_bwd(ChunkBwdSmem<T> &s, char *base, int KS) {
     Carver cv{0, base};
@@ -1691,11 +1719,16 @@ template <typename T> __host__ __device__ size_t carve_chunk_bwd(ChunkBwdSmem<T>
     for (int i = 0; i < 13; i++) *vecs[i] = cv.take<float>(CH);
     s.Khs = cv.take<T>((size_t)CH * (KS + pad_of<T>()));
     s.Qhs = cv.take<T>((size_t)CH * (KS + pad_of<T>()));
+    for (int i = 0; i < 6; i++) s.Ob[i] = UseMma<T>::value ? cv.take<bf16>((size_t)CH * (CH + 8)) : nullptr;
     return cv.off;
 }
 
+// 16 warps (the other kernels have 8): at ~160 KB of shared memory one CTA fills an SM, and with 8
+// warps (2 a scheduler) the kernel spent most cycles with no warp ready (ncu: IPC 1.0)
+#define CHUNK_BWD_THREADS 512
+
 template <typename T>
-__global__ void __launch_bounds__(NTHREADS)
+__global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     mdn_bwd_chunk_kernel(Dims d, int nKt, int KS, const T *q, const T *k, const float *log_alpha, const float *log_mu,
                          const float *beta, const float *eta, const float *vec, float *dQst, float *dPst,
                          float *dKst, const float *rowp, const float *scal, const float *F, T *dq, T *dk,
@@ -1767,13 +1800,17 @@ __global__ void __launch_bounds__(NTHREADS)
     for (int k0 = 0; k0 < K; k0 += KS) {
         load_slice(k0);
         __syncthreads();
-        const KMajorT<T> fkt{Khs, lds};
-        block_gemm<MMA>(
-            CH, CH, KS, KMajor<T>{Qhs, lds}, fkt,
-            [=](int i, int j, float v) { QK[i * LDL + j] += v; });
-        block_gemm<MMA>(
-            CH, CH, KS, KMajor<T>{Khs, lds}, fkt,
-            [=](int i, int j, float v) { KK[i * LDL + j] += v; });
+        auto add_qk = [=](int i, int j, float v) { QK[i * LDL + j] += v; };
+        auto add_kk = [=](int i, int j, float v) { KK[i * LDL + j] += v; };
+        if constexpr (MMA) {
+            const bf16 *Kb = (const bf16 *)Khs, *Qb = (const bf16 *)Qhs;
+            block_mma<false, true>(CH, CH, KS, Qb, lds, Kb, lds, nullptr, nullptr, add_qk);
+            block_mma<false, true>(CH, CH, KS, Kb, lds, Kb, lds, nullptr, nullptr, add_kk);
+        } else {
+            const KMajorT<T> fkt{Khs, lds};
+            block_gemm<false>(CH, CH, KS, KMajor<T>{Qhs, lds}, fkt, add_qk);
+            block_gemm<false>(CH, CH, KS, KMajor<T>{Khs, lds}, fkt, add_kk);
+        }
         __syncthreads();
     }
     const float *pa_src = vi + VEC_PA * CH;
@@ -1797,13 +1834,29 @@ __global__ void __launch_bounds__(NTHREADS)
         F2[i * LDL + j] = j < i ? -F2[i * LDL + j] * G[(i - 1) * LDL + j] : 0.f;
     }
     // Gamma = Ea diag(beta) Em, b = Ea (beta o m): P3 = dGamma Em^T (into QK), M2 = (Ea o beta)^T dGamma (into KK)
-    block_gemm_split<MMA>(
-        CH, CH, CH, [=](int i, int j) { return dG[i * LDL + j]; }, [=](int j, int l) { return Em[l * LDL + j]; },
-        [=](int i, int l, float v) { QK[i * LDL + l] = v; });
     const float *be = c.be;
-    block_gemm_split<MMA>(
-        CH, CH, CH, [=](int l, int i) { return Ea[i * LDL + l] * be[l]; }, [=](int i, int j) { return dG[i * LDL + j]; },
-        [=](int l, int j, float v) { KK[l * LDL + j] = v; });
+    auto set_p3 = [=](int i, int l, float v) { QK[i * LDL + l] = v; };
+    auto set_m2 = [=](int l, int j, float v) { KK[l * LDL + j] = v; };
+    if constexpr (MMA) {
+        // split copies: dGamma [i][j], Em [l][j], Ea o beta [i][l] (hi in Ob[2w], lo in Ob[2w+1])
+        constexpr int ldo = CH + 8;
+        for (int e = tid; e < CH * CH; e += blockDim.x) {
+            const int i = e / CH, j = e % CH;
+            store_split(s.Ob[0] + i * ldo + j, s.Ob[1] + i * ldo + j, dG[i * LDL + j]);
+            store_split(s.Ob[2] + i * ldo + j, s.Ob[3] + i * ldo + j, Em[i * LDL + j]);
+            store_split(s.Ob[4] + i * ldo + j, s.Ob[5] + i * ldo + j, Ea[i * LDL + j] * be[j]);
+        }
+        __syncthreads();
+        block_mma_split<false, true>(CH, CH, CH, s.Ob[0], s.Ob[1], ldo, s.Ob[2], s.Ob[3], ldo, set_p3);
+        block_mma_split<true, false>(CH, CH, CH, s.Ob[4], s.Ob[5], ldo, s.Ob[0], s.Ob[1], ldo, set_m2);
+    } else {
+        block_gemm<false>(
+            CH, CH, CH, [=](int i, int j) { return dG[i * LDL + j]; }, [=](int j, int l) { return Em[l * LDL + j]; },
+            set_p3);
+        block_gemm<false>(
+            CH, CH, CH, [=](int l, int i) { return Ea[i * LDL + l] * be[l]; },
+            [=](int i, int j) { return dG[i * LDL + j]; }, set_m2);
+    }
     __syncthreads();
     if (tid < CH) {
         const int l = tid;
@@ -1857,7 +1910,7 @@ __global__ void __launch_bounds__(NTHREADS)
     // access coalesced) over the warp's ROWS_PER_WARP rows, with all the rows' loads issued before
     // their first use: one memory latency per column step instead of one per row (a 4-thread
     // row layout spent ~40% of this kernel waiting on global loads, at 1 CTA per SM).
-    constexpr int ROWS_PER_WARP = CH / (NTHREADS / 32);
+    constexpr int ROWS_PER_WARP = CH / (CHUNK_BWD_THREADS / 32);
     const int warp = tid >> 5, lane = tid & 31, row0 = warp * ROWS_PER_WARP;
     // row i of the chunk: its q/k/dq/dk row and its workspace row (dQst, dKst, dPst)
     auto qk_row = [&](int i) { return (((size_t)b * d.T + t0 + i) * d.H + h) * K; };
@@ -1866,21 +1919,43 @@ __global__ void __launch_bounds__(NTHREADS)
     float dots[ROWS_PER_WARP][4] = {};
     float *O1 = QK, *O2 = KK, *O3 = dG;   // [CH][LDL] hold [CH][KS] slices (KS <= CH)
     const float *et = c.et;
+    constexpr int ldo = CH + 8;
+    bf16 *F1b = s.Ob[0], *F2b = s.Ob[1], *EKb = s.Ob[2], *PKb = s.Ob[3];
+    if constexpr (MMA)
+        for (int e = tid; e < CH * CH; e += blockDim.x) {   // F1, F2 as product operands
+            const int i = e / CH, j = e % CH;
+            F1b[i * ldo + j] = __float2bfloat16_rn(F1[i * LDL + j]);
+            F2b[i * ldo + j] = __float2bfloat16_rn(F2[i * LDL + j]);
+        }
     for (int k0 = 0; k0 < K; k0 += KS) {
         load_slice(k0);
         __syncthreads();
-        auto fetak = [=](int j, int cc) { return et[j] * to_f(Khs[j * lds + cc]); };
-        block_gemm<MMA>(
-            CH, KS, CH, [=](int i2, int j) { return F1[i2 * LDL + j]; }, fetak,
-            [=](int i2, int cc, float v) { O1[i2 * LDL + cc] = v; });
-        block_gemm2<MMA>(
-            CH, KS, CH, [=](int j, int i2) { return F1[i2 * LDL + j]; }, [=](int i2, int cc) { return to_f(Qhs[i2 * lds + cc]); },
-            CH, [=](int j, int i2) { return F2[i2 * LDL + j]; },
-            [=](int i2, int cc) { return pa_src[i2] * to_f(Khs[i2 * lds + cc]); },
-            [=](int j, int cc, float v) { O2[j * LDL + cc] = v; });
-        block_gemm<MMA>(
-            CH, KS, CH, [=](int i2, int j) { return F2[i2 * LDL + j]; }, fetak,
-            [=](int i2, int cc, float v) { O3[i2 * LDL + cc] = v; });
+        auto set_o1 = [=](int i2, int cc, float v) { O1[i2 * LDL + cc] = v; };
+        auto set_o2 = [=](int j, int cc, float v) { O2[j * LDL + cc] = v; };
+        auto set_o3 = [=](int i2, int cc, float v) { O3[i2 * LDL + cc] = v; };
+        if constexpr (MMA) {
+            // eta o khat and pa o khat of the slice, rounded once as the products' fragments were
+            // (row stride lds, as Khs and Qhs: one B stride for both terms of O2)
+            for (int e = tid; e < CH * KS; e += blockDim.x) {
+                const int j = row_of(e, KS), cc = e - j * KS;
+                const float kv = to_f(Khs[j * lds + cc]);
+                EKb[j * lds + cc] = __float2bfloat16_rn(et[j] * kv);
+                PKb[j * lds + cc] = __float2bfloat16_rn(pa_src[j] * kv);
+            }
+            __syncthreads();
+            block_mma<false, false>(CH, KS, CH, F1b, ldo, EKb, lds, nullptr, nullptr, set_o1);
+            block_mma<true, false>(CH, KS, CH, F1b, ldo, (const bf16 *)Qhs, lds, F2b, PKb, set_o2);
+            block_mma<false, false>(CH, KS, CH, F2b, ldo, EKb, lds, nullptr, nullptr, set_o3);
+        } else {
+            auto fetak = [=](int j, int cc) { return et[j] * to_f(Khs[j * lds + cc]); };
+            block_gemm<false>(CH, KS, CH, [=](int i2, int j) { return F1[i2 * LDL + j]; }, fetak, set_o1);
+            block_gemm2<false>(
+                CH, KS, CH, [=](int j, int i2) { return F1[i2 * LDL + j]; },
+                [=](int i2, int cc) { return to_f(Qhs[i2 * lds + cc]); }, CH,
+                [=](int j, int i2) { return F2[i2 * LDL + j]; },
+                [=](int i2, int cc) { return pa_src[i2] * to_f(Khs[i2 * lds + cc]); }, set_o2);
+            block_gemm<false>(CH, KS, CH, [=](int i2, int j) { return F2[i2 * LDL + j]; }, fetak, set_o3);
+        }
         __syncthreads();
         for (int cc = lane; cc < KS; cc += 32) {
             const int kk = k0 + cc;
@@ -2090,13 +2165,18 @@ size_t mdn_chunk_backward_workspace_size(const MdnCudaShape *shape) {
     return make_plan(shape).bwd_total;
 }
 
-// raise a kernel's dynamic shared-memory limit to what this launch needs, then launch
+// raise a kernel's dynamic shared-memory limit to what this launch needs, then launch (with
+// NTHREADS threads unless told otherwise)
 template <typename Kern, typename... Args>
-static cudaError_t launch(Kern kern, dim3 grid, size_t smem, cudaStream_t stream, Args... args) {
+static cudaError_t launch_threads(Kern kern, dim3 grid, int threads, size_t smem, cudaStream_t stream, Args... args) {
     cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
-    kern<<<grid, NTHREADS, smem, stream>>>(args...);
+    kern<<<grid, threads, smem, stream>>>(args...);
     return cudaGetLastError();
+}
+template <typename Kern, typename... Args>
+static cudaError_t launch(Kern kern, dim3 grid, size_t smem, cudaStream_t stream, Args... args) {
+    return launch_threads(kern, grid, NTHREADS, smem, stream, args...);
 }
 
 template <int VT, int SPW>
@@ -2278,7 +2358,7 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
     if (prof) prof->mark(stream, "state_grads");
     ChunkBwdSmem<T> cs;
     const size_t csmem = carve_chunk_bwd<T>(cs, nullptr, p.KS);
-    err = launch(mdn_bwd_chunk_kernel<T>, dim3(nbhc), csmem, stream, d, p.nKt, p.KS, (const T *)in->q,
+    err = launch_threads(mdn_bwd_chunk_kernel<T>, dim3(nbhc), CHUNK_BWD_THREADS, csmem, stream, d, p.nKt, p.KS, (const T *)in->q,
                  (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, dqs, dps, dks,
                  (const float *)rowp, (const float *)scal, (const float *)F, (T *)gr->dq, (T *)gr->dk,
                  gr->dlog_alpha, gr->dlog_mu, gr->dbeta, gr->deta);
