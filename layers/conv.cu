@@ -12,7 +12,7 @@
 
 #define CONV_TILE 16      // time steps per thread
 #define CONV_WARPS 8      // tiles per block (threadIdx.y); threadIdx.x runs over 32 channel groups
-#define CONV_PREFETCH 4   // backward: steps of x and dout loaded ahead (loads in flight per thread: 2x)
+#define CONV_PREFETCH 4   // steps of input (and in the backward dout) loaded ahead: the loads a thread has in flight
 
 // channels per thread for W taps: 16 bytes in the forward, 8 in the backward (which keeps three
 // W·N windows in registers; at 16 bytes it needs ~155 registers and runs one block per SM), fewer
@@ -82,10 +82,16 @@ __global__ void __launch_bounds__(32 * CONV_WARPS) shortconv_silu_forward_kernel
 #pragma unroll
             for (int k = 0; k < N; k++) x[i + 1][k] = 0.0f;
     }
-    Packed<T, N> next = load_packed<N>(inp + (size_t)r0 * in_stride + c0);
+    // steps s .. s+CONV_PREFETCH-1 of the tile (those before len)
+    Packed<T, N> ahead[CONV_PREFETCH];
+#pragma unroll
+    for (int j = 0; j < CONV_PREFETCH; j++)
+        if (j < len) ahead[j] = load_packed<N>(inp + (size_t)(r0 + j) * in_stride + c0);
     for (int s = 0; s < len; s++) {
-        Packed<T, N> cur = next;
-        if (s + 1 < len) next = load_packed<N>(inp + (size_t)(r0 + s + 1) * in_stride + c0);
+        Packed<T, N> cur = ahead[0];
+#pragma unroll
+        for (int j = 0; j + 1 < CONV_PREFETCH; j++) ahead[j] = ahead[j + 1];
+        if (s + CONV_PREFETCH < len) ahead[CONV_PREFETCH - 1] = load_packed<N>(inp + (size_t)(r0 + s + CONV_PREFETCH) * in_stride + c0);
 #pragma unroll
         for (int i = 0; i < W - 1; i++)
 #pragma unroll
@@ -137,7 +143,7 @@ __global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_backward_ke
             // steps u = t0 .. t0+len+W-2: dz at u; dinp at u−(W−1) once the window holds dz[u−W+1 .. u]
             int u_end = min(Tlen, t0 + len + W - 1);
             // x and dout of steps u .. u+CONV_PREFETCH-1 (those before u_end): at two blocks an SM
-            // one step ahead left the kernel waiting on memory (~3x its byte time)
+            // one step ahead left the kernel waiting on memory
             Packed<T, N> x_ahead[CONV_PREFETCH], g_ahead[CONV_PREFETCH];
 #pragma unroll
             for (int j = 0; j < CONV_PREFETCH; j++)

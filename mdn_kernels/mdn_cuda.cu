@@ -326,14 +326,22 @@ __device__ void chunk_coef(const Coef &c, const Dims &d, int b, int h, int t0, c
         c.et[tid] = valid ? eta[gi] : 0.f;
     }
     __syncthreads();
-    if (tid == 0) {
-        double sa = 0.0, sc = 0.0;
-        for (int i = 0; i < CH; i++) {
-            sa += c.la[i];
-            sc += c.lm[i];
-            c.A[i] = sa;
-            c.C[i] = sc;
+    // inclusive prefix sums A (log alpha, warp 0) and C (log mu, warp 1), two steps a lane, by a
+    // warp scan (one thread walking the 64 steps left the other warps waiting at the barrier)
+    if (tid < 2 * 32) {
+        const int lane = tid & 31;
+        const float *x = tid < 32 ? c.la : c.lm;
+        double *prefix = tid < 32 ? c.A : c.C;
+        const double x0 = x[2 * lane], x1 = x[2 * lane + 1];
+        double run = x0 + x1;
+        for (int o = 1; o < 32; o <<= 1) {
+            const double y = __shfl_up_sync(0xffffffffu, run, o);
+            if (lane >= o) run += y;
         }
+        double before = __shfl_up_sync(0xffffffffu, run, 1);
+        if (lane == 0) before = 0.0;
+        prefix[2 * lane] = before + x0;
+        prefix[2 * lane + 1] = run;
     }
     __syncthreads();
     for (int e = tid; e < CH * CH; e += blockDim.x) {
@@ -372,12 +380,15 @@ __device__ void chunk_coef(const Coef &c, const Dims &d, int b, int h, int t0, c
 #pragma unroll
             for (int cc = 0; cc < 4; cc++) c.G[(4 * ti + r) * LDL + tj + 16 * cc] = acc[r][cc];
     }
-    if (tid < CH) {
+    // b: a warp per row, lanes along l (Ea[i][l] = 0 past the diagonal)
+    for (int i = tid >> 5; i < CH; i += blockDim.x >> 5) {
+        const int lane = tid & 31;
         float s = 0.f;
-        for (int l = 0; l <= tid; l++) s = fmaf(c.Ea[tid * LDL + l], c.be[l] * c.m[l], s);
-        c.b[tid] = s;
-        c.h[tid] = c.Em[(CH - 1) * LDL + tid];
+        for (int l = lane; l <= i; l += 32) s = fmaf(c.Ea[i * LDL + l], c.be[l] * c.m[l], s);
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) c.b[i] = s;
     }
+    if (tid < CH) c.h[tid] = c.Em[(CH - 1) * LDL + tid];
     __syncthreads();
 }
 
@@ -1858,15 +1869,26 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
             [=](int i, int j) { return dG[i * LDL + j]; }, set_m2);
     }
     __syncthreads();
-    if (tid < CH) {
-        const int l = tid;
+    // the column sums below (dbeta; d log alpha, d log mu) take COL_THREADS threads a column, each
+    // over every COL_THREADS'th row, then a shuffle sum within the group
+    constexpr int COL_THREADS = CHUNK_BWD_THREADS / CH;
+    static_assert(COL_THREADS == 8, "a column's threads are one aligned group of 8 lanes");
+    const int col = tid / COL_THREADS, part = tid % COL_THREADS;
+    {
+        const int l = col;
         float s1 = 0.f, s2 = 0.f;
-        for (int i = l; i < CH; i++) {
+        for (int i = l + part; i < CH; i += COL_THREADS) {
             s1 = fmaf(Ea[i * LDL + l], QK[i * LDL + l], s1);
             s2 = fmaf(Ea[i * LDL + l], s.db[i], s2);
         }
-        s.dbeta[l] = s1 + c.m[l] * s2;
-        s.dm[l] += c.be[l] * s2;
+        for (int o = COL_THREADS / 2; o > 0; o >>= 1) {
+            s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+            s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+        }
+        if (part == 0) {
+            s.dbeta[l] = s1 + c.m[l] * s2;
+            s.dm[l] += c.be[l] * s2;
+        }
     }
     __syncthreads();
     // Ra = dEa o Ea (into QK), Rm = dEm o Em (into KK)
@@ -1882,26 +1904,38 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     // as written, the large diagonal-block terms cancel and leave their rounding error on every
     // step whose true gradient is small; the same sum, rearranged exactly (Ra is lower
     // triangular), has no cancellation: sum_{s>=t} sum_{l<t} Ra[s][l] + sum_{s>=t} da_s a_s.
-    // Rows first: exclusive prefix sums over l, in place (Ra rows by threads < CH, Rm by the next CH).
-    if (tid < 2 * CH) {
-        float *Rrow = (tid < CH ? QK : KK) + (tid % CH) * LDL;
-        float run = 0.f;
-        for (int l = 0; l < CH; l++) {
-            const float x = Rrow[l];
-            Rrow[l] = run;
-            run += x;
+    // Rows first: exclusive prefix sums over l, in place (the Ra rows, then the Rm rows), a warp a
+    // row by a warp scan with two elements a lane.
+    for (int row = tid >> 5; row < 2 * CH; row += blockDim.x >> 5) {
+        const int lane = tid & 31;
+        float *Rrow = (row < CH ? QK : KK) + (row % CH) * LDL;
+        const float x0 = Rrow[2 * lane], x1 = Rrow[2 * lane + 1];
+        float run = x0 + x1;
+        for (int o = 1; o < 32; o <<= 1) {
+            const float y = __shfl_up_sync(0xffffffffu, run, o);
+            if (lane >= o) run += y;
         }
+        float before = __shfl_up_sync(0xffffffffu, run, 1);
+        if (lane == 0) before = 0.f;
+        Rrow[2 * lane] = before;
+        Rrow[2 * lane + 1] = before + x0;
     }
     __syncthreads();
-    if (tid < CH) {
-        const int t = tid;
+    {
+        const int t = col;
         double sa = 0.0, sm = 0.0;
-        for (int r = t; r < CH; r++) {
+        for (int r = t + part; r < CH; r += COL_THREADS) {
             sa += (double)QK[r * LDL + t] + (double)s.da[r] * c.a[r];
             sm += (double)KK[r * LDL + t] + (double)s.dm[r] * c.m[r];
         }
-        s.dA[t] = (float)sa;   // now d log alpha_t (core part)
-        s.dC[t] = (float)sm;   // d log mu_t
+        for (int o = COL_THREADS / 2; o > 0; o >>= 1) {
+            sa += __shfl_xor_sync(0xffffffffu, sa, o);
+            sm += __shfl_xor_sync(0xffffffffu, sm, o);
+        }
+        if (part == 0) {
+            s.dA[t] = (float)sa;   // now d log alpha_t (core part)
+            s.dC[t] = (float)sm;   // d log mu_t
+        }
     }
     __syncthreads();
     // K slices: dqbar = dQst + Dq (eta o khat); dkappa = dKst + Dq^T qbar + Dp^T (pa o khat);
