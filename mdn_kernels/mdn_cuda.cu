@@ -281,6 +281,126 @@ template <typename T> __device__ void scale_rows(T *dst, int ldd, int rows, int 
     }
 }
 
+// ------------------------------------------------------------------------------------------------
+// bf16 tensor-core fragments by ldmatrix, and block products built on them
+// ------------------------------------------------------------------------------------------------
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const bf16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x2_t(uint32_t r[2], const bf16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(smem_addr(p)));
+}
+
+// Fragments of m16n8k16 (g = lane/4, t = lane%4 as in tile_acc). A 16x16 at (m0,k0) from P
+// stored [M][ld] (A(m,k) = P[m*ld+k]) or, AT, stored [K][ld] (A(m,k) = P[k*ld+m]); B for the
+// n-tiles n0 and n0+8 (or n0 alone) from P stored [K][ld] (B(k,n) = P[k*ld+n]).
+template <bool AT> __device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *P, int ld, int m0, int k0) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
+    if (AT) ldsm_x4_t(a, P + (k0 + (mi >> 1) * 8 + rr) * ld + m0 + (mi & 1) * 8);
+    else ldsm_x4(a, P + (m0 + (mi & 1) * 8 + rr) * ld + k0 + (mi >> 1) * 8);
+}
+__device__ __forceinline__ void frag_b2(uint32_t b[4], const bf16 *P, int ld, int k0, int n0) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
+    ldsm_x4_t(b, P + (k0 + (mi & 1) * 8 + rr) * ld + n0 + (mi >> 1) * 8);
+}
+__device__ __forceinline__ void frag_b1(uint32_t b[2], const bf16 *P, int ld, int k0, int n0) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
+    ldsm_x2_t(b, P + (k0 + (mi & 1) * 8 + rr) * ld + n0);
+}
+
+// B fragments of the n-tiles n0 and n0+8 from P stored [N][ld] (B(k,n) = P[n*ld+k])
+__device__ __forceinline__ void frag_bn2(uint32_t b[4], const bf16 *P, int ld, int k0, int n0) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
+    ldsm_x4(b, P + (n0 + (mi >> 1) * 8 + rr) * ld + k0 + (mi & 1) * 8);
+}
+
+// bf16 block products from shared memory with ldmatrix fragments (the prepare and bwd_chunk
+// kernels' L x L and L x KS products). Operand layouts: A(m,k) = A[m*lda+k], or A[k*lda+m] when AT; B(k,n) = B[k*ldb+n], or
+// B[n*ldb+k] when BN. The whole block computes C (M x N, multiples of 16, inner kdim a multiple of
+// 16) in 16 x 16 tiles and hands every element to epi(row, col, value) once; each element sums its
+// k-steps in increasing order, as block_gemm's tiles do, so the bits are those of block_gemm on the
+// same bf16 values.
+template <bool BN> __device__ __forceinline__ void frag_b16(uint32_t b[4], const bf16 *P, int ld, int k0, int n0) {
+    if (BN) frag_bn2(b, P, ld, k0, n0);
+    else frag_b2(b, P, ld, k0, n0);
+}
+template <class FE> __device__ __forceinline__ void tile16_epilogue(const float (*c)[4], int m0, int n0, const FE &epi) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int nb = 0; nb < 2; nb++) {
+        const int col = n0 + 8 * nb + 2 * t;
+        epi(m0 + g, col, c[nb][0]);
+        epi(m0 + g, col + 1, c[nb][1]);
+        epi(m0 + g + 8, col, c[nb][2]);
+        epi(m0 + g + 8, col + 1, c[nb][3]);
+    }
+}
+// C = A B (+ A2 B2 when A2 is non-NULL, same layouts, the second product's k-steps after the first's)
+template <bool AT, bool BN, class FE>
+__device__ void block_mma(int M, int N, int kdim, const bf16 *A, int lda, const bf16 *B, int ldb, const bf16 *A2,
+                          const bf16 *B2, const FE &epi) {
+    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, tn = N / 16, ntiles = (M / 16) * tn;
+    for (int tile = warp; tile < ntiles; tile += nwarps) {
+        const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 16;
+        float c[2][4] = {};
+        for (int op = 0; op < (A2 ? 2 : 1); op++) {
+            const bf16 *Ao = op ? A2 : A, *Bo = op ? B2 : B;
+            for (int k0 = 0; k0 < kdim; k0 += 16) {
+                uint32_t a[4], b[4];
+                frag_a<AT>(a, Ao, lda, m0, k0);
+                frag_b16<BN>(b, Bo, ldb, k0, n0);
+                mma_bf16_16816(c[0], a[0], a[1], a[2], a[3], b[0], b[1]);
+                mma_bf16_16816(c[1], a[0], a[1], a[2], a[3], b[2], b[3]);
+            }
+        }
+        tile16_epilogue(c, m0, n0, epi);
+    }
+}
+// C = A B for float32 operands that one bf16 rounding would spoil (the L x L gate-gradient chain:
+// sums whose terms cancel), each given as its bf16 split hi + lo (store_split, x = hi + lo + O(2^-16 |x|)):
+// per k-step lo*hi + hi*lo + hi*hi, three tensor-core products, ~2^-16 relative error per term.
+template <bool AT, bool BN, class FE>
+__device__ void block_mma_split(int M, int N, int kdim, const bf16 *Ah, const bf16 *Al, int lda, const bf16 *Bh,
+                                const bf16 *Bl, int ldb, const FE &epi) {
+    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, tn = N / 16, ntiles = (M / 16) * tn;
+    for (int tile = warp; tile < ntiles; tile += nwarps) {
+        const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 16;
+        float c[2][4] = {};
+        for (int k0 = 0; k0 < kdim; k0 += 16) {
+            uint32_t ah[4], al[4], bh[4], bl[4];
+            frag_a<AT>(ah, Ah, lda, m0, k0);
+            frag_a<AT>(al, Al, lda, m0, k0);
+            frag_b16<BN>(bh, Bh, ldb, k0, n0);
+            frag_b16<BN>(bl, Bl, ldb, k0, n0);
+#pragma unroll
+            for (int nb = 0; nb < 2; nb++) {
+                mma_bf16_16816(c[nb], al[0], al[1], al[2], al[3], bh[2 * nb], bh[2 * nb + 1]);
+                mma_bf16_16816(c[nb], ah[0], ah[1], ah[2], ah[3], bl[2 * nb], bl[2 * nb + 1]);
+                mma_bf16_16816(c[nb], ah[0], ah[1], ah[2], ah[3], bh[2 * nb], bh[2 * nb + 1]);
+            }
+        }
+        tile16_epilogue(c, m0, n0, epi);
+    }
+}
+// x split into bf16 hi (the rounding of x) and lo (the rounding of the remainder)
+__device__ __forceinline__ void store_split(bf16 *dst_hi, bf16 *dst_lo, float x) {
+    const bf16 h = __float2bfloat16_rn(x);
+    *dst_hi = h;
+    *dst_lo = __float2bfloat16_rn(x - __bfloat162float(h));
+}
+
+
 // shared-memory carving: the same code runs on the host (base 0) to size the allocation
 struct Carver {
     size_t off;
@@ -497,8 +617,12 @@ __device__ void unit_lower_inverse(const float *A, float *Ti, float *W) {
     }
 }
 
+// 16 warps, two CTAs an SM (64 registers a thread): the kernel is a chain of short phases between
+// barriers, and 8 warps a CTA left most cycles without a ready warp
+#define PREPARE_THREADS 512
+
 template <typename T>
-__global__ void __launch_bounds__(NTHREADS) mdn_prepare_kernel(Dims d, const T *q, const T *k, const float *log_alpha,
+__global__ void __launch_bounds__(PREPARE_THREADS, 2) mdn_prepare_kernel(Dims d, const T *q, const T *k, const float *log_alpha,
                                                                const float *log_mu, const float *beta,
                                                                const float *eta, float *vec, T *Tinv, T *QKG) {
     extern __shared__ __align__(16) char smem[];
@@ -515,10 +639,16 @@ __global__ void __launch_bounds__(NTHREADS) mdn_prepare_kernel(Dims d, const T *
     // KK = Khat Khat^T into Ea's space, QK = Qbar Khat^T into Em's space (both free now)
     float *KK = c.Ea, *QK = c.Em;
     const T *Kh = s.Kh, *Qh = s.Qh;
-    const KMajor<T> fk{Kh, ldk}, fq{Qh, ldk};
-    const KMajorT<T> fkt{Kh, ldk};
-    block_gemm<MMA>(CH, CH, d.K, fk, fkt, [=](int i, int j, float v) { KK[i * LDL + j] = v; });
-    block_gemm<MMA>(CH, CH, d.K, fq, fkt, [=](int i, int j, float v) { QK[i * LDL + j] = v; });
+    auto set_kk = [=](int i, int j, float v) { KK[i * LDL + j] = v; };
+    auto set_qk = [=](int i, int j, float v) { QK[i * LDL + j] = v; };
+    if constexpr (MMA) {
+        block_mma<false, true>(CH, CH, d.K, (const bf16 *)Kh, ldk, (const bf16 *)Kh, ldk, nullptr, nullptr, set_kk);
+        block_mma<false, true>(CH, CH, d.K, (const bf16 *)Qh, ldk, (const bf16 *)Kh, ldk, nullptr, nullptr, set_qk);
+    } else {
+        const KMajorT<T> fkt{Kh, ldk};
+        block_gemm<false>(CH, CH, d.K, KMajor<T>{Kh, ldk}, fkt, set_kk);
+        block_gemm<false>(CH, CH, d.K, KMajor<T>{Qh, ldk}, fkt, set_qk);
+    }
     __syncthreads();
     // A = (P Kk^T) o Gamma_prev (strictly lower), QKG = (Qbar Kk^T) o Gamma (lower)
     for (int e = tid; e < CH * CH; e += blockDim.x) {
@@ -796,40 +926,6 @@ __global__ void __launch_bounds__(NTHREADS)
 //   rows (exact bf16 inputs) are the A operands.
 // - Operands of the next chunk go out by cp.async as soon as their last reader of this chunk has
 //   passed a barrier (T^-1, QKG, q / d_o during the state update; k after it).
-typedef __nv_bfloat16 bf16;
-
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const bf16 *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm_x2_t(uint32_t r[2], const bf16 *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(smem_addr(p)));
-}
-
-// Fragments of m16n8k16 (g = lane/4, t = lane%4 as in tile_acc). A 16x16 at (m0,k0) from P
-// stored [M][ld] (A(m,k) = P[m*ld+k]) or, AT, stored [K][ld] (A(m,k) = P[k*ld+m]); B for the
-// n-tiles n0 and n0+8 (or n0 alone) from P stored [K][ld] (B(k,n) = P[k*ld+n]).
-template <bool AT> __device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *P, int ld, int m0, int k0) {
-    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
-    if (AT) ldsm_x4_t(a, P + (k0 + (mi >> 1) * 8 + rr) * ld + m0 + (mi & 1) * 8);
-    else ldsm_x4(a, P + (m0 + (mi & 1) * 8 + rr) * ld + k0 + (mi >> 1) * 8);
-}
-__device__ __forceinline__ void frag_b2(uint32_t b[4], const bf16 *P, int ld, int k0, int n0) {
-    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
-    ldsm_x4_t(b, P + (k0 + (mi & 1) * 8 + rr) * ld + n0 + (mi >> 1) * 8);
-}
-__device__ __forceinline__ void frag_b1(uint32_t b[2], const bf16 *P, int ld, int k0, int n0) {
-    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
-    ldsm_x2_t(b, P + (k0 + (mi & 1) * 8 + rr) * ld + n0);
-}
 
 // c[nb] += A(m0:m0+16, 0:kdim) B(0:kdim, n0+8nb : n0+8nb+8), and with NOPS 2 also
 // c2[nb] += A B2 (the A fragment shared)
@@ -1464,87 +1560,6 @@ __host__ __device__ inline size_t carve_grad_fast(GradFastSmem &s, char *base, i
     s.red = cv.take<float>(3 * (NTHREADS / 32));
     return cv.off;
 }
-// B fragments of the n-tiles n0 and n0+8 from P stored [N][ld] (B(k,n) = P[n*ld+k])
-__device__ __forceinline__ void frag_bn2(uint32_t b[4], const bf16 *P, int ld, int k0, int n0) {
-    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
-    ldsm_x4(b, P + (n0 + (mi >> 1) * 8 + rr) * ld + k0 + (mi & 1) * 8);
-}
-
-// bf16 block products from shared memory with ldmatrix fragments (bwd_chunk's L x L and L x KS
-// products). Operand layouts: A(m,k) = A[m*lda+k], or A[k*lda+m] when AT; B(k,n) = B[k*ldb+n], or
-// B[n*ldb+k] when BN. The whole block computes C (M x N, multiples of 16, inner kdim a multiple of
-// 16) in 16 x 16 tiles and hands every element to epi(row, col, value) once; each element sums its
-// k-steps in increasing order, as block_gemm's tiles do, so the bits are those of block_gemm on the
-// same bf16 values.
-template <bool BN> __device__ __forceinline__ void frag_b16(uint32_t b[4], const bf16 *P, int ld, int k0, int n0) {
-    if (BN) frag_bn2(b, P, ld, k0, n0);
-    else frag_b2(b, P, ld, k0, n0);
-}
-template <class FE> __device__ __forceinline__ void tile16_epilogue(const float (*c)[4], int m0, int n0, const FE &epi) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int nb = 0; nb < 2; nb++) {
-        const int col = n0 + 8 * nb + 2 * t;
-        epi(m0 + g, col, c[nb][0]);
-        epi(m0 + g, col + 1, c[nb][1]);
-        epi(m0 + g + 8, col, c[nb][2]);
-        epi(m0 + g + 8, col + 1, c[nb][3]);
-    }
-}
-// C = A B (+ A2 B2 when A2 is non-NULL, same layouts, the second product's k-steps after the first's)
-template <bool AT, bool BN, class FE>
-__device__ void block_mma(int M, int N, int kdim, const bf16 *A, int lda, const bf16 *B, int ldb, const bf16 *A2,
-                          const bf16 *B2, const FE &epi) {
-    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, tn = N / 16, ntiles = (M / 16) * tn;
-    for (int tile = warp; tile < ntiles; tile += nwarps) {
-        const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 16;
-        float c[2][4] = {};
-        for (int op = 0; op < (A2 ? 2 : 1); op++) {
-            const bf16 *Ao = op ? A2 : A, *Bo = op ? B2 : B;
-            for (int k0 = 0; k0 < kdim; k0 += 16) {
-                uint32_t a[4], b[4];
-                frag_a<AT>(a, Ao, lda, m0, k0);
-                frag_b16<BN>(b, Bo, ldb, k0, n0);
-                mma_bf16_16816(c[0], a[0], a[1], a[2], a[3], b[0], b[1]);
-                mma_bf16_16816(c[1], a[0], a[1], a[2], a[3], b[2], b[3]);
-            }
-        }
-        tile16_epilogue(c, m0, n0, epi);
-    }
-}
-// C = A B for float32 operands that one bf16 rounding would spoil (the L x L gate-gradient chain:
-// sums whose terms cancel), each given as its bf16 split hi + lo (store_split, x = hi + lo + O(2^-16 |x|)):
-// per k-step lo*hi + hi*lo + hi*hi, three tensor-core products, ~2^-16 relative error per term.
-template <bool AT, bool BN, class FE>
-__device__ void block_mma_split(int M, int N, int kdim, const bf16 *Ah, const bf16 *Al, int lda, const bf16 *Bh,
-                                const bf16 *Bl, int ldb, const FE &epi) {
-    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, tn = N / 16, ntiles = (M / 16) * tn;
-    for (int tile = warp; tile < ntiles; tile += nwarps) {
-        const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 16;
-        float c[2][4] = {};
-        for (int k0 = 0; k0 < kdim; k0 += 16) {
-            uint32_t ah[4], al[4], bh[4], bl[4];
-            frag_a<AT>(ah, Ah, lda, m0, k0);
-            frag_a<AT>(al, Al, lda, m0, k0);
-            frag_b16<BN>(bh, Bh, ldb, k0, n0);
-            frag_b16<BN>(bl, Bl, ldb, k0, n0);
-#pragma unroll
-            for (int nb = 0; nb < 2; nb++) {
-                mma_bf16_16816(c[nb], al[0], al[1], al[2], al[3], bh[2 * nb], bh[2 * nb + 1]);
-                mma_bf16_16816(c[nb], ah[0], ah[1], ah[2], ah[3], bl[2 * nb], bl[2 * nb + 1]);
-                mma_bf16_16816(c[nb], ah[0], ah[1], ah[2], ah[3], bh[2 * nb], bh[2 * nb + 1]);
-            }
-        }
-        tile16_epilogue(c, m0, n0, epi);
-    }
-}
-// x split into bf16 hi (the rounding of x) and lo (the rounding of the remainder)
-__device__ __forceinline__ void store_split(bf16 *dst_hi, bf16 *dst_lo, float x) {
-    const bf16 h = __float2bfloat16_rn(x);
-    *dst_hi = h;
-    *dst_lo = __float2bfloat16_rn(x - __bfloat162float(h));
-}
-
 // 3 CTAs per SM (80 registers: 60 bytes of spills at KT 32) measured faster than 2 (120, none):
 // 400M 1.22 -> 1.10 ms, 1B 1.95 -> 1.73 ms
 template <int KT>
@@ -2298,7 +2313,7 @@ static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, cha
     if (run_prepare) {
         PrepSmem<T> ps;
         const size_t prep_smem = carve_prep<T>(ps, nullptr, d.K);
-        cudaError_t err = launch(mdn_prepare_kernel<T>, dim3(nbhc), prep_smem, stream, d, (const T *)in->q,
+        cudaError_t err = launch_threads(mdn_prepare_kernel<T>, dim3(nbhc), PREPARE_THREADS, prep_smem, stream, d, (const T *)in->q,
                                  (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, tinv, qkg);
         if (err != cudaSuccess) return err;
     }
