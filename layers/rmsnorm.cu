@@ -204,20 +204,23 @@ void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, float *dweight, float *scr
 }
 
 // ---- gated norm ----
-#define GATED_CACHE 2   // row chunks kept in registers: 512 bf16 values a row (N = 8), 256 float32
+// row chunks kept in registers (CACHE): 1 for rows of at most 32·N values (the 400M heads, 256 bf16),
+// else 2 (512 bf16 values, the 1B heads); one chunk keeps the registers of a second out of the
+// kernel (the backward's 95 -> fewer registers a thread: more warps an SM)
+template <int N> static int gated_cache(int dim) { return dim <= 32 * N ? 1 : 2; }
 // the gate row of head-vector row r
 __device__ __forceinline__ size_t gate_row(int r, int H, int gate_stride, int dim) {
     int token = r / H;
     return (size_t)token * gate_stride + (size_t)(r - token * H) * dim;
 }
 
-template <typename T, int N>
+template <typename T, int N, int CACHE>
 __global__ void gated_rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, const T *gate, const float *weight,
                                              int rows, int dim, int H, int gate_stride, float eps) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     size_t base = (size_t)row * dim, gbase = gate_row(row, H, gate_stride, dim);
-    float ss = 0.0f, kv[GATED_CACHE][N], kg[GATED_CACHE][N], kw[GATED_CACHE][N];
+    float ss = 0.0f, kv[CACHE][N], kg[CACHE][N], kw[CACHE][N];
     // the input, the gate and the weight of the chunk at c (the sum of squares only when asked)
     auto load_chunk = [&](int c, float *v, float *g, float *w, bool add_to_ss) {
         load_floats<N>(v, inp + base + c);
@@ -228,9 +231,9 @@ __global__ void gated_rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, 
             for (int k = 0; k < N; k++) ss += v[k] * v[k];
     };
 #pragma unroll
-    for (int i = 0; i < GATED_CACHE; i++)
+    for (int i = 0; i < CACHE; i++)
         if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kv[i], kg[i], kw[i], true);
-    for (int c = (GATED_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+    for (int c = (CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
         float v[N], g[N], w[N];
         load_chunk(c, v, g, w, true);
     }
@@ -242,9 +245,9 @@ __global__ void gated_rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, 
         store_floats<N>(out + base + c, v);
     };
 #pragma unroll
-    for (int i = 0; i < GATED_CACHE; i++)
+    for (int i = 0; i < CACHE; i++)
         if ((i * 32 + lane) * N < dim) store_chunk((i * 32 + lane) * N, kv[i], kg[i], kw[i]);
-    for (int c = (GATED_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+    for (int c = (CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
         float v[N], g[N], w[N];
         load_chunk(c, v, g, w, false);
         store_chunk(c, v, g, w);
@@ -252,7 +255,7 @@ __global__ void gated_rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, 
     if (lane == 0) rstd[row] = r;
 }
 
-template <typename T, int N>
+template <typename T, int N, int CACHE>
 __global__ void gated_rmsnorm_backward_kernel(T *dinp, T *dgate, const T *dout, const T *inp, const T *gate,
                                               const float *weight, const float *rstd, int rows, int dim, int H,
                                               int gate_stride) {
@@ -261,7 +264,7 @@ __global__ void gated_rmsnorm_backward_kernel(T *dinp, T *dgate, const T *dout, 
     size_t base = (size_t)row * dim, gbase = gate_row(row, H, gate_stride, dim);
     float r = rstd[row], dot = 0.0f;
     // per chunk: x and w∘dy∘sigmoid(g), what the second pass needs
-    float kx[GATED_CACHE][N], kwdys[GATED_CACHE][N];
+    float kx[CACHE][N], kwdys[CACHE][N];
     // loads the chunk at c; with first true also writes its gate gradient and adds to dot
     auto load_chunk = [&](int c, float *x, float *wdys, bool first) {
         float g[N], w[N], dy[N];
@@ -280,9 +283,9 @@ __global__ void gated_rmsnorm_backward_kernel(T *dinp, T *dgate, const T *dout, 
         if (first) store_floats<N>(dgate + gbase + c, dg);
     };
 #pragma unroll
-    for (int i = 0; i < GATED_CACHE; i++)
+    for (int i = 0; i < CACHE; i++)
         if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kx[i], kwdys[i], true);
-    for (int c = (GATED_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+    for (int c = (CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
         float x[N], wdys[N];
         load_chunk(c, x, wdys, true);
     }
@@ -294,9 +297,9 @@ __global__ void gated_rmsnorm_backward_kernel(T *dinp, T *dgate, const T *dout, 
         store_floats<N>(dinp + base + c, dx);
     };
 #pragma unroll
-    for (int i = 0; i < GATED_CACHE; i++)
+    for (int i = 0; i < CACHE; i++)
         if ((i * 32 + lane) * N < dim) store_chunk((i * 32 + lane) * N, kx[i], kwdys[i]);
-    for (int c = (GATED_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+    for (int c = (CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
         float x[N], wdys[N];
         load_chunk(c, x, wdys, false);
         store_chunk(c, x, wdys);
@@ -338,12 +341,17 @@ void gated_rmsnorm_forward_cuda(T *out, float *rstd, const T *inp, const T *gate
                                 int rows, int dim, int H, int gate_stride, float eps, cudaStream_t stream) {
     constexpr int V = Vec16<T>::n;
     int blocks = ceil_div(rows, ROWS_PER_BLOCK);
-    if (gated_vectorizable<T>(V, dim, gate_stride, weight, out, inp, gate, gate))
-        gated_rmsnorm_forward_kernel<T, V><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, rstd, inp, gate, weight,
-                                                                                       rows, dim, H, gate_stride, eps);
-    else
-        gated_rmsnorm_forward_kernel<T, 1><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, rstd, inp, gate, weight,
-                                                                                       rows, dim, H, gate_stride, eps);
+    if (gated_vectorizable<T>(V, dim, gate_stride, weight, out, inp, gate, gate)) {
+        if (gated_cache<V>(dim) == 1)
+            gated_rmsnorm_forward_kernel<T, V, 1><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
+                out, rstd, inp, gate, weight, rows, dim, H, gate_stride, eps);
+        else
+            gated_rmsnorm_forward_kernel<T, V, 2><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
+                out, rstd, inp, gate, weight, rows, dim, H, gate_stride, eps);
+    } else {
+        gated_rmsnorm_forward_kernel<T, 1, 2><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, rstd, inp, gate, weight,
+                                                                                          rows, dim, H, gate_stride, eps);
+    }
     cudaCheck(cudaGetLastError());
 }
 
@@ -354,13 +362,17 @@ void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, float *dweight, float *scrat
     constexpr int V = Vec16<T>::n;
     int blocks = ceil_div(rows, ROWS_PER_BLOCK);
     if (gated_vectorizable<T>(V, dim, gate_stride, weight, dinp, dgate, dout, inp) && is_aligned(gate, 16)) {
-        gated_rmsnorm_backward_kernel<T, V><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
-            dinp, dgate, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
+        if (gated_cache<V>(dim) == 1)
+            gated_rmsnorm_backward_kernel<T, V, 1><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
+                dinp, dgate, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
+        else
+            gated_rmsnorm_backward_kernel<T, V, 2><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
+                dinp, dgate, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
         cudaCheck(cudaGetLastError());
         gated_rmsnorm_dweight_kernel<T, V><<<dim3(ceil_div(dim, 32 * V), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
             scratch, dout, inp, gate, rstd, rows, dim, H, gate_stride);
     } else {
-        gated_rmsnorm_backward_kernel<T, 1><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
+        gated_rmsnorm_backward_kernel<T, 1, 2><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
             dinp, dgate, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
         cudaCheck(cudaGetLastError());
         gated_rmsnorm_dweight_kernel<T, 1><<<dim3(ceil_div(dim, 32), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
