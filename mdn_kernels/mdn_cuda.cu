@@ -9,7 +9,7 @@
 //   O  = Qab X0 + QKG U             Qab = [a*qbar | -b*qbar], QKG = (Qbar Kk^T) o Gamma
 //   X1 = D X0 + KK^T U              KK = [g*kappa | -h*kappa], D X0 = [a_L S0 - b_L M0; m_L M0]
 // (g = Gamma[L-1,:], h = Em[L-1,:]). Kernels:
-//   prepare     one CTA per (b,h,chunk): gates -> Gamma, b, T^-1, QKG and the per-row factors
+//   prepare     one CTA of 16 warps per (b,h,chunk): gates -> Gamma, b, T^-1, QKG, per-row factors
 //               (the forward's copy can be kept and handed to the backward: `saved`, mdn_cuda.cuh).
 //   state_fwd   one CTA per (b,h,V tile): walks the chunks with X in shared memory (float32);
 //               writes O, or (backward recompute) each chunk's X0 and U.
@@ -264,7 +264,8 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // `rows` rows of `cols` elements (a multiple of 16 bytes) from global src + i*stride into shared
 // dst + i*ldd; rows >= valid are zero
 template <typename T>
-__device__ __forceinline__ void async_rows(T *dst, int ldd, const T *src, size_t stride, int rows, int cols, int valid) {
+__device__ __forceinline__ void async_rows(T *dst, int ldd, const T *src, size_t stride, int rows, int cols,
+                                           int valid) {
     constexpr int VW = 16 / (int)sizeof(T);
     const int nvec = cols / VW;
     for (int e = threadIdx.x; e < rows * nvec; e += blockDim.x) {
@@ -326,8 +327,8 @@ __device__ __forceinline__ void frag_bn2(uint32_t b[4], const bf16 *P, int ld, i
 }
 
 // bf16 block products from shared memory with ldmatrix fragments (the prepare and bwd_chunk
-// kernels' L x L and L x KS products). Operand layouts: A(m,k) = A[m*lda+k], or A[k*lda+m] when AT; B(k,n) = B[k*ldb+n], or
-// B[n*ldb+k] when BN. The whole block computes C (M x N, multiples of 16, inner kdim a multiple of
+// kernels' L x L and L x KS products). Operand layouts: A(m,k) = A[m*lda+k], or A[k*lda+m] when
+// AT; B(k,n) = B[k*ldb+n], or B[n*ldb+k] when BN. The whole block computes C (M x N, multiples of 16, inner kdim a multiple of
 // 16) in 16 x 16 tiles and hands every element to epi(row, col, value) once; each element sums its
 // k-steps in increasing order, as block_gemm's tiles do, so the bits are those of block_gemm on the
 // same bf16 values.
@@ -335,7 +336,8 @@ template <bool BN> __device__ __forceinline__ void frag_b16(uint32_t b[4], const
     if (BN) frag_bn2(b, P, ld, k0, n0);
     else frag_b2(b, P, ld, k0, n0);
 }
-template <class FE> __device__ __forceinline__ void tile16_epilogue(const float (*c)[4], int m0, int n0, const FE &epi) {
+template <class FE>
+__device__ __forceinline__ void tile16_epilogue(const float (*c)[4], int m0, int n0, const FE &epi) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int nb = 0; nb < 2; nb++) {
@@ -622,9 +624,9 @@ __device__ void unit_lower_inverse(const float *A, float *Ti, float *W) {
 #define PREPARE_THREADS 512
 
 template <typename T>
-__global__ void __launch_bounds__(PREPARE_THREADS, 2) mdn_prepare_kernel(Dims d, const T *q, const T *k, const float *log_alpha,
-                                                               const float *log_mu, const float *beta,
-                                                               const float *eta, float *vec, T *Tinv, T *QKG) {
+__global__ void __launch_bounds__(PREPARE_THREADS, 2)
+    mdn_prepare_kernel(Dims d, const T *q, const T *k, const float *log_alpha, const float *log_mu, const float *beta,
+                       const float *eta, float *vec, T *Tinv, T *QKG) {
     extern __shared__ __align__(16) char smem[];
     PrepSmem<T> s;
     carve_prep(s, smem, d.K);
@@ -2313,8 +2315,9 @@ static cudaError_t prepare_and_state(const Plan &p, const MdnCudaInputs *in, cha
     if (run_prepare) {
         PrepSmem<T> ps;
         const size_t prep_smem = carve_prep<T>(ps, nullptr, d.K);
-        cudaError_t err = launch_threads(mdn_prepare_kernel<T>, dim3(nbhc), PREPARE_THREADS, prep_smem, stream, d, (const T *)in->q,
-                                 (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, tinv, qkg);
+        cudaError_t err = launch_threads(mdn_prepare_kernel<T>, dim3(nbhc), PREPARE_THREADS, prep_smem, stream, d,
+                                         (const T *)in->q, (const T *)in->k, in->log_alpha, in->log_mu, in->beta,
+                                         in->eta, vec, tinv, qkg);
         if (err != cudaSuccess) return err;
     }
     if (prof) prof->mark(stream, "prepare");
@@ -2407,10 +2410,10 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
     if (prof) prof->mark(stream, "state_grads");
     ChunkBwdSmem<T> cs;
     const size_t csmem = carve_chunk_bwd<T>(cs, nullptr, p.KS);
-    err = launch_threads(mdn_bwd_chunk_kernel<T>, dim3(nbhc), CHUNK_BWD_THREADS, csmem, stream, d, p.nKt, p.KS, (const T *)in->q,
-                 (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, dqs, dps, dks,
-                 (const float *)rowp, (const float *)scal, (const float *)F, (T *)gr->dq, (T *)gr->dk,
-                 gr->dlog_alpha, gr->dlog_mu, gr->dbeta, gr->deta);
+    err = launch_threads(mdn_bwd_chunk_kernel<T>, dim3(nbhc), CHUNK_BWD_THREADS, csmem, stream, d, p.nKt, p.KS,
+                         (const T *)in->q, (const T *)in->k, in->log_alpha, in->log_mu, in->beta, in->eta, vec, dqs,
+                         dps, dks, (const float *)rowp, (const float *)scal, (const float *)F, (T *)gr->dq,
+                         (T *)gr->dk, gr->dlog_alpha, gr->dlog_mu, gr->dbeta, gr->deta);
     if (prof && err == cudaSuccess) {
         prof->mark(stream, "chunk");
         prof->report();
