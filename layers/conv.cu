@@ -12,7 +12,7 @@
 
 #define CONV_TILE 16      // time steps per thread
 #define CONV_WARPS 8      // tiles per block (threadIdx.y); threadIdx.x runs over 32 channel groups
-#define CONV_PREFETCH 4   // steps of input (and in the backward dout) loaded ahead: the loads a thread has in flight
+#define CONV_PREFETCH 4   // steps of input (and dout, backward) loaded ahead: a thread's loads in flight
 
 // channels per thread for W taps: 16 bytes in the forward, 8 in the backward (which keeps three
 // W·N windows in registers; at 16 bytes it needs ~155 registers and runs one block per SM), fewer
@@ -91,7 +91,8 @@ __global__ void __launch_bounds__(32 * CONV_WARPS) shortconv_silu_forward_kernel
         Packed<T, N> cur = ahead[0];
 #pragma unroll
         for (int j = 0; j + 1 < CONV_PREFETCH; j++) ahead[j] = ahead[j + 1];
-        if (s + CONV_PREFETCH < len) ahead[CONV_PREFETCH - 1] = load_packed<N>(inp + (size_t)(r0 + s + CONV_PREFETCH) * in_stride + c0);
+        if (s + CONV_PREFETCH < len)
+            ahead[CONV_PREFETCH - 1] = load_packed<N>(inp + (size_t)(r0 + s + CONV_PREFETCH) * in_stride + c0);
 #pragma unroll
         for (int i = 0; i < W - 1; i++)
 #pragma unroll

@@ -205,8 +205,8 @@ void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, float *dweight, float *scr
 
 // ---- gated norm ----
 // row chunks kept in registers (CACHE): 1 for rows of at most 32·N values (the 400M heads, 256 bf16),
-// else 2 (512 bf16 values, the 1B heads); one chunk keeps the registers of a second out of the
-// kernel (the backward's 95 -> fewer registers a thread: more warps an SM)
+// else 2 (512 bf16 values, the 1B heads). A second chunk's registers where one suffices cost
+// occupancy (backward 95 registers with two, 79 with one).
 template <int N> static int gated_cache(int dim) { return dim <= 32 * N ? 1 : 2; }
 // the gate row of head-vector row r
 __device__ __forceinline__ size_t gate_row(int r, int H, int gate_stride, int dim) {

@@ -273,8 +273,8 @@ __device__ __forceinline__ void async_rows(T *dst, int ldd, const T *src, size_t
         cp_async16(dst + i * ldd + c, i < valid ? src + i * stride + c : src, i < valid);
     }
 }
-// the rows of dst (shared, `rows` x `cols`, stride ldd) times scale[i], in place (the rounding of
-// load_rows with a scale)
+// the rows of dst (shared, `rows` x `cols`, stride ldd) times scale[i], in place: one rounding to
+// T per element
 template <typename T> __device__ void scale_rows(T *dst, int ldd, int rows, int cols, const float *scale) {
     for (int e = threadIdx.x; e < rows * cols; e += blockDim.x) {
         const int i = row_of(e, cols), c = e - i * cols;
@@ -328,10 +328,10 @@ __device__ __forceinline__ void frag_bn2(uint32_t b[4], const bf16 *P, int ld, i
 
 // bf16 block products from shared memory with ldmatrix fragments (the prepare and bwd_chunk
 // kernels' L x L and L x KS products). Operand layouts: A(m,k) = A[m*lda+k], or A[k*lda+m] when
-// AT; B(k,n) = B[k*ldb+n], or B[n*ldb+k] when BN. The whole block computes C (M x N, multiples of 16, inner kdim a multiple of
-// 16) in 16 x 16 tiles and hands every element to epi(row, col, value) once; each element sums its
-// k-steps in increasing order, as block_gemm's tiles do, so the bits are those of block_gemm on the
-// same bf16 values.
+// AT; B(k,n) = B[k*ldb+n], or B[n*ldb+k] when BN. The whole block computes C (M x N, multiples of
+// 16, inner kdim a multiple of 16) in 16 x 16 tiles and hands every element to epi(row, col, value)
+// once; each element sums its k-steps in increasing order, as block_gemm's tiles do, so the bits
+// are those of block_gemm on the same bf16 values.
 template <bool BN> __device__ __forceinline__ void frag_b16(uint32_t b[4], const bf16 *P, int ld, int k0, int n0) {
     if (BN) frag_bn2(b, P, ld, k0, n0);
     else frag_b2(b, P, ld, k0, n0);
@@ -401,7 +401,6 @@ __device__ __forceinline__ void store_split(bf16 *dst_hi, bf16 *dst_lo, float x)
     *dst_hi = h;
     *dst_lo = __float2bfloat16_rn(x - __bfloat162float(h));
 }
-
 
 // shared-memory carving: the same code runs on the host (base 0) to size the allocation
 struct Carver {
@@ -1075,7 +1074,9 @@ __device__ __forceinline__ void fast_state_store(float (*st)[2][FastTiling<VT>::
 // The recompute (STORE: no q, no QKG) at VT 32 with one strip per warp fits three in shared memory
 // (69 KB at K 128): the 400M shape's 384 CTAs then run as one round on 132 SMs instead of two
 // (0.86 -> 0.62 ms on an H100, with 32 bytes of spills).
-template <int VT, int SPW, bool STORE> constexpr int fwd_fast_min_ctas() { return STORE && VT == 32 && SPW == 1 ? 3 : 2; }
+template <int VT, int SPW, bool STORE> constexpr int fwd_fast_min_ctas() {
+    return STORE && VT == 32 && SPW == 1 ? 3 : 2;
+}
 
 // Forward state pass (bf16). STORE as mdn_state_fwd_kernel (Xall per chunk in XT: bf16 for the v8
 // state gradients, float32 for v7's; Uall bf16).
