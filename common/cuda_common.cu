@@ -1,17 +1,31 @@
 // cuda_common.cu: the shared deterministic reductions (fixed partition, fixed summation order).
 #include "cuda_common.cuh"
 
+// block (32, 8) per 32 columns: row lane y sums parts y, y+8, ... (their loads independent, eight in
+// flight a thread), then lane 0 adds the 8 lane sums in order: a fixed order, so deterministic. One
+// thread a column summing all parts serially took ~30-60 µs a call (one load latency per part, on
+// as few SMs as C/256 blocks): more than the conv and norm backward kernels whose weight gradients
+// it finishes.
 __global__ void reduce_partials_add_kernel(float *out, const float *partials, int num_parts, int C, int ld) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
+    __shared__ float lane_s[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
     float sum = 0.0f;
-    for (int p = 0; p < num_parts; p++) sum += partials[(size_t)p * ld + c];
-    out[c] += sum;
+    if (c < C) {
+#pragma unroll 8
+        for (int p = threadIdx.y; p < num_parts; p += 8) sum += partials[(size_t)p * ld + c];
+    }
+    lane_s[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float total = 0.0f;
+        for (int y = 0; y < 8; y++) total += lane_s[y][threadIdx.x];
+        out[c] += total;
+    }
 }
 
 void reduce_partials_add_strided_cuda(float *out, const float *partials, int num_parts, int C, int ld,
                                       cudaStream_t stream) {
-    reduce_partials_add_kernel<<<ceil_div(C, 256), 256, 0, stream>>>(out, partials, num_parts, C, ld);
+    reduce_partials_add_kernel<<<ceil_div(C, 32), dim3(32, 8), 0, stream>>>(out, partials, num_parts, C, ld);
     cudaCheck(cudaGetLastError());
 }
 

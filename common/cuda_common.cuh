@@ -75,7 +75,11 @@ template <typename T> struct CudaType;
 template <> struct CudaType<float> { static constexpr cudaDataType_t value = CUDA_R_32F; };
 template <> struct CudaType<bf16> { static constexpr cudaDataType_t value = CUDA_R_16BF; };
 
-__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+// the fast exponential (ex2.approx, ~2 ulp) and division (~2 ulp): expf and an IEEE division are ~30
+// instructions, and made the memory-bound conv and gated-norm kernels instruction-bound (conv
+// backward 0.52 -> 0.40 ms at the 400M layer). The result is within ~1e-6 relative of the exact
+// sigmoid for |x| < 80; 0 or 1 beyond (1 / inf = 0).
+__device__ __forceinline__ float sigmoidf_(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
 
 // ---- reductions ----
 __device__ __forceinline__ float warp_reduce_sum(float v) {
@@ -108,7 +112,7 @@ __device__ __forceinline__ float block_reduce_max(float v, float *shared) {
 }
 
 // Deterministic reductions of per-block partial sums (common/cuda_common.cu):
-// out[c] += sum over p of partials[p * C + c], p in order.
+// out[c] += sum over p of partials[p * C + c], in a fixed order (see cuda_common.cu).
 void reduce_partials_add_cuda(float *out, const float *partials, int num_parts, int C, cudaStream_t stream);
 // the same with partial rows `ld` apart (a column slice of wider partials)
 void reduce_partials_add_strided_cuda(float *out, const float *partials, int num_parts, int C, int ld,

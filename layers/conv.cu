@@ -1,34 +1,49 @@
 // conv.cu: see conv.cuh. z[t,c] = sum_i w[c,i]·x[t-W+1+i, c] (zero before the row's start).
-// Each thread owns N adjacent channels (one 16-byte access) and a tile of CONV_TILE consecutive time
-// steps of one sequence, and slides a W-value window down the tile: every input value is loaded once
-// (plus W−1 halo rows a tile), where one thread per output loaded W strided values.
-// Backward, fused into one pass per tile: dz = dout·silu'(z) (z recomputed from the window) is kept
-// in a second window, dinp[s,c] = sum_i w[c,i]·dz[s+W-1-i, c] is emitted W−1 steps behind, and
-// dw[c,i] = sum_t dz[t,c]·x[t-W+1+i, c] is summed per thread, then over a block's threads in a fixed
-// order into one partial per REDUCE_PARTS part: deterministic, and no float32 dz buffer.
+// Each thread owns N adjacent channels (one 8-byte access: at 16 bytes the registers held fewer
+// threads an SM and both directions ran slower) and a tile of consecutive time steps of one sequence.
+// Forward: a tile of CONV_TILE_FWD steps, unrolled at compile time: the thread issues the loads of
+// all its rows (the tile and its W−1 halo rows, those L1/L2 hits of the tile before) before their
+// first use, then computes from registers. (A 16-step window slid down in a runtime loop spent ~40%
+// of its instructions moving the window: 0.27 -> 0.19 ms for the 400M layer's q, k, v.)
+// Backward, fused into one pass per tile of CONV_TILE_BWD steps: dz = dout·silu'(z) (z recomputed
+// from a W-step window of x) is kept in a second window, dinp[s,c] = sum_i w[c,i]·dz[s+W-1-i, c] is
+// emitted W−1 steps behind, and dw[c,i] = sum_t dz[t,c]·x[t-W+1+i, c] is summed per thread, then
+// over a block's threads in a fixed order into one partial per row block: deterministic, and no
+// float32 dz buffer. x and dout are loaded CONV_PREFETCH steps ahead. (The unrolled form of the
+// forward, with the tile's dz halo recomputed, ran 25-60% slower here: 25 loads and 11 sigmoids per
+// 8 outputs.) Both directions were bound by instructions more than by memory until sigmoidf_ used
+// the fast exponential and division (common/cuda_common.cuh).
 #include "conv.cuh"
 
 #include "packed.cuh"
 
-#define CONV_TILE 16      // time steps per thread
-#define CONV_WARPS 8      // tiles per block (threadIdx.y); threadIdx.x runs over 32 channel groups
-#define CONV_PREFETCH 4   // steps of input (and dout, backward) loaded ahead: a thread's loads in flight
+#define CONV_TILE_FWD 4    // forward: time steps per thread, unrolled
+#define CONV_TILE_BWD 16   // backward: time steps per thread, a sliding window
+#define CONV_PREFETCH 4    // backward: steps of x and dout loaded ahead (a thread's loads in flight)
+#define CONV_WARPS 8   // tiles per block (threadIdx.y); threadIdx.x runs over 32 channel groups
 
-// channels per thread for W taps: 16 bytes in the forward, 8 in the backward (which keeps three
-// W·N windows in registers; at 16 bytes it needs ~155 registers and runs one block per SM), fewer
-// for long windows
-template <typename T, int W, bool backward> struct ConvVec {
-    static constexpr int bytes = (backward ? 8 : 16) / (W <= 4 ? 1 : 2);
+// channels per thread for W taps: 8 bytes, 4 for windows longer than 4 (the registers of the windows)
+template <typename T, int W> struct ConvVec {
+    static constexpr int bytes = 8 / (W <= 4 ? 1 : 2);
     static constexpr int n = bytes / sizeof(T) > 0 ? bytes / sizeof(T) : 1;
 };
 
-// the raw N values at p (one access), and their conversion: loads are issued a step ahead
+// the raw N values at p (one access), and their conversion: the backward issues loads steps ahead
 template <int N, typename T> __device__ __forceinline__ Packed<T, N> load_packed(const T *p) {
     return *reinterpret_cast<const Packed<T, N> *>(p);
 }
 template <int N, typename T> __device__ __forceinline__ void unpack(float *out, const Packed<T, N> &x) {
 #pragma unroll
     for (int i = 0; i < N; i++) out[i] = to_float(x.v[i]);
+}
+
+// the raw N values at p (one access) when `valid`, else zeros; converted where used
+template <int N, typename T> __device__ __forceinline__ Packed<T, N> load_packed_or_zero(const T *p, bool valid) {
+    if (valid) return *reinterpret_cast<const Packed<T, N> *>(p);
+    Packed<T, N> zero;
+#pragma unroll
+    for (int i = 0; i < N; i++) zero.v[i] = from_float<T>(0.0f);
+    return zero;
 }
 
 // w[i][k] = weight[(c0 + k)·W + i]: the thread's N channels' taps are N·W consecutive floats, read
@@ -54,58 +69,52 @@ template <int N, int W> __device__ __forceinline__ void load_conv_weights(float 
     for (int j = 0; j < N * W; j++) w[j % W][j / W] = p[j];
 }
 
-// the tile'th tile of CONV_TILE steps (tiles numbered sequence by sequence): flat rows [r0, r0 + len)
-__device__ __forceinline__ void conv_tile(int tile, int Tlen, int *r0, int *t0, int *len) {
-    int tiles_per_seq = (Tlen + CONV_TILE - 1) / CONV_TILE;
+// the tile'th tile of TILE steps (tiles numbered sequence by sequence): flat rows [r0, r0 + len)
+template <int TILE> __device__ __forceinline__ void conv_tile(int tile, int Tlen, int *r0, int *t0, int *len) {
+    int tiles_per_seq = (Tlen + TILE - 1) / TILE;
     int b = tile / tiles_per_seq;
-    *t0 = (tile - b * tiles_per_seq) * CONV_TILE;
+    *t0 = (tile - b * tiles_per_seq) * TILE;
     *r0 = b * Tlen + *t0;
-    *len = min(CONV_TILE, Tlen - *t0);
+    *len = min(TILE, Tlen - *t0);
+}
+
+// z = sum_i w[i]·x[j + i] over the thread's N channels, x given as loaded rows
+template <typename T, int N, int W, int R>
+__device__ __forceinline__ void conv_taps(float (&z)[N], const float (&w)[W][N], const Packed<T, N> (&x)[R], int j) {
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        z[k] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < W; i++) z[k] += w[i][k] * to_float(x[j + i].v[k]);
+    }
 }
 
 template <typename T, int N, int W>
-__global__ void __launch_bounds__(32 * CONV_WARPS) shortconv_silu_forward_kernel(T *out, const T *inp, int in_stride,
+__global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_forward_kernel(T *out, const T *inp, int in_stride,
                                                                                  const float *weight, int num_tiles,
                                                                                  int Tlen, int C) {
     int c0 = (blockIdx.x * 32 + threadIdx.x) * N, tile = blockIdx.y * CONV_WARPS + threadIdx.y;
     if (c0 >= C || tile >= num_tiles) return;
     int r0, t0, len;
-    conv_tile(tile, Tlen, &r0, &t0, &len);
-    float w[W][N], x[W][N];   // x[W-1] is the newest step
-    load_conv_weights<N, W>(w, weight, c0);
-    // the W−1 steps before the tile (zeros before the sequence's start)
+    conv_tile<CONV_TILE_FWD>(tile, Tlen, &r0, &t0, &len);
+    // x[j] is step t0 − (W−1) + j: the W−1 steps before the tile (zeros before the sequence's
+    // start), then the tile's steps (zeros past its end)
+    const T *seq = inp + (size_t)(r0 - t0) * in_stride + c0;
+    Packed<T, N> x[CONV_TILE_FWD + W - 1];
 #pragma unroll
-    for (int i = 0; i < W - 1; i++) {
-        int t = t0 - (W - 1) + i;
-        if (t >= 0) load_floats<N>(x[i + 1], inp + (size_t)(r0 - t0 + t) * in_stride + c0);
-        else
-#pragma unroll
-            for (int k = 0; k < N; k++) x[i + 1][k] = 0.0f;
+    for (int j = 0; j < CONV_TILE_FWD + W - 1; j++) {
+        int t = t0 - (W - 1) + j;
+        x[j] = load_packed_or_zero<N>(seq + (size_t)t * in_stride, t >= 0 && t < t0 + len);
     }
-    // steps s .. s+CONV_PREFETCH-1 of the tile (those before len)
-    Packed<T, N> ahead[CONV_PREFETCH];
+    float w[W][N];
+    load_conv_weights<N, W>(w, weight, c0);
 #pragma unroll
-    for (int j = 0; j < CONV_PREFETCH; j++)
-        if (j < len) ahead[j] = load_packed<N>(inp + (size_t)(r0 + j) * in_stride + c0);
-    for (int s = 0; s < len; s++) {
-        Packed<T, N> cur = ahead[0];
+    for (int s = 0; s < CONV_TILE_FWD; s++) {
+        if (s >= len) break;
+        float z[N], y[N];
+        conv_taps<T, N, W>(z, w, x, s);
 #pragma unroll
-        for (int j = 0; j + 1 < CONV_PREFETCH; j++) ahead[j] = ahead[j + 1];
-        if (s + CONV_PREFETCH < len)
-            ahead[CONV_PREFETCH - 1] = load_packed<N>(inp + (size_t)(r0 + s + CONV_PREFETCH) * in_stride + c0);
-#pragma unroll
-        for (int i = 0; i < W - 1; i++)
-#pragma unroll
-            for (int k = 0; k < N; k++) x[i][k] = x[i + 1][k];
-        unpack<N>(x[W - 1], cur);
-        float y[N];
-#pragma unroll
-        for (int k = 0; k < N; k++) {
-            float z = 0.0f;
-#pragma unroll
-            for (int i = 0; i < W; i++) z += w[i][k] * x[i][k];
-            y[k] = z * sigmoidf_(z);
-        }
+        for (int k = 0; k < N; k++) y[k] = z[k] * sigmoidf_(z[k]);
         store_floats<N>(out + (size_t)(r0 + s) * C + c0, y);
     }
 }
@@ -129,7 +138,7 @@ __global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_backward_ke
     if (c0 < C)
         for (int tile = part * tiles_per_part + threadIdx.y; tile < tile_end; tile += CONV_WARPS) {
             int r0, t0, len;
-            conv_tile(tile, Tlen, &r0, &t0, &len);
+            conv_tile<CONV_TILE_BWD>(tile, Tlen, &r0, &t0, &len);
             const T *xb = inp + (size_t)(r0 - t0) * in_stride + c0;   // this sequence's step 0
             float x[W][N], dz[W][N];   // windows; index W-1 is the newest step
 #pragma unroll
@@ -227,12 +236,19 @@ size_t shortconv_silu_backward_scratch_bytes(int B, int Tlen, int C, int W) {
     return align256((size_t)REDUCE_PARTS * C * W * sizeof(float));
 }
 
-static int conv_num_tiles(int B, int Tlen) { return B * ceil_div(Tlen, CONV_TILE); }
+static int conv_num_tiles(int B, int Tlen, int tile) { return B * ceil_div(Tlen, tile); }
+
+// the backward's row blocks (weight-gradient partials): at most REDUCE_PARTS, and few enough that
+// each of a block's warps has a tile (with REDUCE_PARTS at the 1B shape, B4 T4096, half the warps
+// of every block had none). A function of the shape only: the same partials on any device.
+static int conv_backward_parts(int B, int Tlen) {
+    return min(REDUCE_PARTS, ceil_div(conv_num_tiles(B, Tlen, CONV_TILE_BWD), CONV_WARPS));
+}
 
 template <typename T, int N, int W>
 static void conv_forward_launch(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
                                 cudaStream_t stream) {
-    int tiles = conv_num_tiles(B, Tlen);
+    int tiles = conv_num_tiles(B, Tlen, CONV_TILE_FWD);
     dim3 grid(ceil_div(C / N, 32), ceil_div(tiles, CONV_WARPS));
     shortconv_silu_forward_kernel<T, N, W><<<grid, dim3(32, CONV_WARPS), 0, stream>>>(out, inp, in_stride, weight,
                                                                                       tiles, Tlen, C);
@@ -242,8 +258,8 @@ static void conv_forward_launch(T *out, const T *inp, int in_stride, const float
 template <typename T, int N, int W>
 static void conv_backward_launch(T *dinp, int dinp_stride, float *partials, const T *dout, const T *inp,
                                  int in_stride, const float *weight, int B, int Tlen, int C, cudaStream_t stream) {
-    int tiles = conv_num_tiles(B, Tlen);
-    dim3 grid(ceil_div(C / N, 32), REDUCE_PARTS);
+    int tiles = conv_num_tiles(B, Tlen, CONV_TILE_BWD);
+    dim3 grid(ceil_div(C / N, 32), conv_backward_parts(B, Tlen));
     shortconv_silu_backward_kernel<T, N, W><<<grid, dim3(32, CONV_WARPS), 0, stream>>>(
         dinp, dinp_stride, partials, dout, inp, in_stride, weight, tiles, Tlen, C);
     cudaCheck(cudaGetLastError());
@@ -261,7 +277,7 @@ static bool conv_vectorizable(int N, int C, int in_stride, int other_stride, con
 template <typename T, int W>
 static void conv_forward_w(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
                            cudaStream_t stream) {
-    constexpr int N = ConvVec<T, W, false>::n;
+    constexpr int N = ConvVec<T, W>::n;
     if (conv_vectorizable<T>(N, C, in_stride, C, out, inp, inp))
         conv_forward_launch<T, N, W>(out, inp, in_stride, weight, B, Tlen, C, stream);
     else
@@ -271,7 +287,7 @@ static void conv_forward_w(T *out, const T *inp, int in_stride, const float *wei
 template <typename T, int W>
 static void conv_backward_w(T *dinp, int dinp_stride, float *partials, const T *dout, const T *inp, int in_stride,
                             const float *weight, int B, int Tlen, int C, cudaStream_t stream) {
-    constexpr int N = ConvVec<T, W, true>::n;
+    constexpr int N = ConvVec<T, W>::n;
     if (conv_vectorizable<T>(N, C, in_stride, dinp_stride, dinp, dout, inp))
         conv_backward_launch<T, N, W>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream);
     else
@@ -317,7 +333,7 @@ void shortconv_silu_backward_cuda(T *dinp, int dinp_stride, float *dweight, void
     case 7: conv_backward_w<T, 7>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
     default: conv_backward_w<T, 8>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
     }
-    reduce_partials_add_cuda(dweight, partials, REDUCE_PARTS, C * W, stream);
+    reduce_partials_add_cuda(dweight, partials, conv_backward_parts(B, Tlen), C * W, stream);
 }
 
 template void shortconv_silu_forward_cuda<float>(float *, const float *, int, const float *, int, int, int, int,

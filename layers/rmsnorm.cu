@@ -1,5 +1,5 @@
-// rmsnorm.cu: see rmsnorm.cuh. One warp per row for the row-wise parts (dim is 128..2048 here);
-// the weight gradients in a second, column-parallel pass over the rows.
+// rmsnorm.cu: see rmsnorm.cuh. One warp per row (dim is 128..2048 here); the backward kernels also
+// sum the weight gradients (below, before rmsnorm_backward_kernel).
 // With x̂ = x·r, r = (mean(x²)+eps)^-1/2, y = x̂·w: dx = r·(w∘dy − x̂·mean(x̂∘w∘dy)).
 // Every lane moves N adjacent values per access (4 for the float32 residual stream: 16 bytes; 8 for
 // the bf16 gated norm's rows: 16 bytes) when the shapes allow, one value otherwise.
@@ -98,108 +98,134 @@ void residual_rmsnorm_forward_cuda(float *sum, T *out, float *rstd, const float 
     rmsnorm_forward_launch<T>(sum, out, rstd, x, delta, weight, rows, dim, eps, stream);
 }
 
-template <typename T, int N>
-__global__ void __launch_bounds__(32 * ROWS_PER_BLOCK, 2) rmsnorm_backward_kernel(float *dinp, T *dinp_copy, const T *dout, const float *inp,
-                                        const float *weight, const float *rstd, int rows, int dim) {
-    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= rows) return;
-    size_t base = (size_t)row * dim;
-    float r = rstd[row], dot = 0.0f;
-    // per chunk: x, w∘dy, and the incoming gradient d (loaded with the others: it does not depend on dot)
-    float kx[RMS_CACHE][N], kwdy[RMS_CACHE][N], kd[RMS_CACHE][N];
-    auto load_chunk = [&](int c, float *x, float *wdy, float *d, bool add_to_dot) {
-        float w[N], dy[N];
-        load_floats<N>(x, inp + base + c);
-        load_floats<N>(w, weight + c);
-        load_floats<N>(dy, dout + base + c);
-        load_floats<N>(d, dinp + base + c);
-#pragma unroll
-        for (int k = 0; k < N; k++) {
-            if (add_to_dot) dot += x[k] * r * w[k] * dy[k];
-            wdy[k] = w[k] * dy[k];
-        }
-    };
-#pragma unroll
-    for (int i = 0; i < RMS_CACHE; i++)
-        if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kx[i], kwdy[i], kd[i], true);
-    for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
-        float x[N], wdy[N], d[N];
-        load_chunk(c, x, wdy, d, true);
+// The weight gradients are summed in the row kernels: a block owns one of REDUCE_PARTS consecutive
+// row ranges, its warps take the range's rows in turn, and each warp adds its rows' dweight terms to
+// its own float32 row of shared memory (a lane only ever touches its own columns: no atomics, a
+// fixed order). At the end the block adds its warps' rows in order into partials[part], which
+// reduce_partials_add_cuda sums. (A second, column-parallel pass re-read dout and the input: 26% of
+// the rmsnorm backward's bytes, 37% of the gated norm's.)
+#define MAX_BWD_WARPS 8   // warps a backward block; fewer when 8 rows of dweight sums exceed shared memory
+
+// warps of a backward block whose per-warp dweight rows of dim floats fit the device's shared memory
+static int backward_warps(int dim) {
+    size_t per_warp = (size_t)dim * sizeof(float);
+    size_t warps = cuda_device_props()->sharedMemPerBlockOptin / per_warp;
+    if (warps == 0) {
+        fprintf(stderr, "error: rmsnorm.cu: a row of %d values is too wide for the backward's shared memory\n", dim);
+        exit(EXIT_FAILURE);
     }
-    dot = warp_reduce_sum(dot) / dim;
-    auto second_pass = [&](int c, const float *x, const float *wdy, float *d) {
+    return warps < MAX_BWD_WARPS ? (int)warps : MAX_BWD_WARPS;
+}
+
+// the rows [r0, r1) of this block's part
+__device__ __forceinline__ void part_rows(int rows, int *r0, int *r1) {
+    int rows_per_part = ceil_div(rows, gridDim.x);
+    *r0 = blockIdx.x * rows_per_part;
+    *r1 = min(rows, *r0 + rows_per_part);
+}
+
+// dw_s[warp][c] += v[k] for the N columns at c (a lane's own columns)
+template <int N> __device__ __forceinline__ void add_to_row(float *dw_row, int c, const float *v) {
+    if constexpr (N % 4 == 0) {   // c and dim are multiples of N: 16-byte aligned
 #pragma unroll
-        for (int k = 0; k < N; k++) d[k] += r * (wdy[k] - x[k] * r * dot);
-        store_floats<N>(dinp + base + c, d);
-        if (dinp_copy != NULL) store_floats<N>(dinp_copy + base + c, d);
-    };
+        for (int k = 0; k < N; k += 4) {
+            float4 *p = reinterpret_cast<float4 *>(dw_row + c + k), a = *p;
+            *p = make_float4(a.x + v[k], a.y + v[k + 1], a.z + v[k + 2], a.w + v[k + 3]);
+        }
+    } else {
 #pragma unroll
-    for (int i = 0; i < RMS_CACHE; i++)
-        if ((i * 32 + lane) * N < dim) second_pass((i * 32 + lane) * N, kx[i], kwdy[i], kd[i]);
-    for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
-        float x[N], wdy[N], d[N];
-        load_chunk(c, x, wdy, d, false);
-        second_pass(c, x, wdy, d);
+        for (int k = 0; k < N; k++) dw_row[c + k] += v[k];
     }
 }
 
-// the dweight kernels' end: the block's 8 row groups (threadIdx.y) hold per-thread sums of N columns
-// each; add them in a fixed order into partials[part, the block's 32·N columns]
-template <int N>
-__device__ void write_column_partials(const float (&acc)[N], float *partials, int part, int dim) {
-    __shared__ float acc_s[8][32 * N + 1];
-#pragma unroll
-    for (int k = 0; k < N; k++) acc_s[threadIdx.y][threadIdx.x * N + k] = acc[k];
+// partials[part, c] = the block's warps' rows summed in order
+__device__ void write_row_partials(float *partials, const float *dw_s, int dim) {
     __syncthreads();
-    for (int j = threadIdx.y * 32 + threadIdx.x; j < 32 * N; j += 32 * 8) {
-        int col = blockIdx.x * 32 * N + j;
-        if (col >= dim) break;
-        float s = 0.0f;
-        for (int y = 0; y < 8; y++) s += acc_s[y][j];
-        partials[(size_t)part * dim + col] = s;
+    int warps = blockDim.x / 32;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < warps; w++) sum += dw_s[(size_t)w * dim + c];
+        partials[(size_t)blockIdx.x * dim + c] = sum;
     }
 }
 
-// partials[part, c] = sum over this part's rows of dout[r,c]·inp[r,c]·rstd[r]; a thread owns N columns
 template <typename T, int N>
-__global__ void rmsnorm_dweight_kernel(float *partials, const T *dout, const float *inp, const float *rstd,
-                                       int rows, int dim) {
-    int c = (blockIdx.x * 32 + threadIdx.x) * N, part = blockIdx.y;
-    int rows_per_part = ceil_div(rows, gridDim.y);
-    int r0 = part * rows_per_part, r1 = min(rows, r0 + rows_per_part);
-    float acc[N];
+__global__ void __launch_bounds__(32 * MAX_BWD_WARPS, 2) rmsnorm_backward_kernel(float *dinp, T *dinp_copy, float *partials,
+                                                                             const T *dout, const float *inp,
+                                                                             const float *weight, const float *rstd,
+                                                                             int rows, int dim) {
+    extern __shared__ float dw_s[];   // [warps][dim]
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    float *dw_row = dw_s + (size_t)warp * dim;
+    for (int c = lane; c < dim; c += 32) dw_row[c] = 0.0f;
+    int r0, r1;
+    part_rows(rows, &r0, &r1);
+    for (int row = r0 + warp; row < r1; row += warps) {
+        size_t base = (size_t)row * dim;
+        float r = rstd[row], dot = 0.0f;
+        // per chunk: x, w∘dy, and the incoming gradient d (loaded with the others: it does not depend on dot)
+        float kx[RMS_CACHE][N], kwdy[RMS_CACHE][N], kd[RMS_CACHE][N];
+        auto load_chunk = [&](int c, float *x, float *wdy, float *d, bool first) {
+            float w[N], dy[N], dw[N];
+            load_floats<N>(x, inp + base + c);
+            load_floats<N>(w, weight + c);
+            load_floats<N>(dy, dout + base + c);
+            load_floats<N>(d, dinp + base + c);
 #pragma unroll
-    for (int k = 0; k < N; k++) acc[k] = 0.0f;
-    if (c < dim)
-        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
-            float dy[N], x[N], rs = rstd[r];
-            load_floats<N>(dy, dout + (size_t)r * dim + c);
-            load_floats<N>(x, inp + (size_t)r * dim + c);
+            for (int k = 0; k < N; k++) {
+                dw[k] = x[k] * r * dy[k];
+                if (first) dot += dw[k] * w[k];
+                wdy[k] = w[k] * dy[k];
+            }
+            if (first) add_to_row<N>(dw_row, c, dw);
+        };
 #pragma unroll
-            for (int k = 0; k < N; k++) acc[k] += dy[k] * x[k] * rs;
+        for (int i = 0; i < RMS_CACHE; i++)
+            if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kx[i], kwdy[i], kd[i], true);
+        for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+            float x[N], wdy[N], d[N];
+            load_chunk(c, x, wdy, d, true);
         }
-    write_column_partials<N>(acc, partials, part, dim);
+        dot = warp_reduce_sum(dot) / dim;
+        auto second_pass = [&](int c, const float *x, const float *wdy, float *d) {
+#pragma unroll
+            for (int k = 0; k < N; k++) d[k] += r * (wdy[k] - x[k] * r * dot);
+            store_floats<N>(dinp + base + c, d);
+            if (dinp_copy != NULL) store_floats<N>(dinp_copy + base + c, d);
+        };
+#pragma unroll
+        for (int i = 0; i < RMS_CACHE; i++)
+            if ((i * 32 + lane) * N < dim) second_pass((i * 32 + lane) * N, kx[i], kwdy[i], kd[i]);
+        for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+            float x[N], wdy[N], d[N];
+            load_chunk(c, x, wdy, d, false);
+            second_pass(c, x, wdy, d);
+        }
+    }
+    write_row_partials(partials, dw_s, dim);
+}
+
+// launches kernel on REDUCE_PARTS blocks of backward_warps(dim) warps with their dweight rows
+template <typename Kernel, typename... Args>
+static void launch_backward(Kernel kernel, int dim, cudaStream_t stream, Args... args) {
+    int warps = backward_warps(dim);
+    size_t smem = (size_t)warps * dim * sizeof(float);
+    if (smem > 48 * 1024)
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    kernel<<<REDUCE_PARTS, 32 * warps, smem, stream>>>(args...);
+    cudaCheck(cudaGetLastError());
 }
 
 template <typename T>
 void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, float *dweight, float *scratch, const T *dout,
                            const float *inp, const float *weight, const float *rstd, int rows, int dim,
                            cudaStream_t stream) {
-    int blocks = ceil_div(rows, ROWS_PER_BLOCK);
-    if (rows_vectorizable<T>(4, dim, dinp, inp, weight, dout, dinp_copy != NULL ? dinp_copy : dout)) {
-        rmsnorm_backward_kernel<T, 4><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(dinp, dinp_copy, dout, inp, weight,
-                                                                                  rstd, rows, dim);
-        cudaCheck(cudaGetLastError());
-        rmsnorm_dweight_kernel<T, 4><<<dim3(ceil_div(dim, 32 * 4), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
-            scratch, dout, inp, rstd, rows, dim);
-    } else {
-        rmsnorm_backward_kernel<T, 1><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(dinp, dinp_copy, dout, inp, weight,
-                                                                                  rstd, rows, dim);
-        cudaCheck(cudaGetLastError());
-        rmsnorm_dweight_kernel<T, 1><<<dim3(ceil_div(dim, 32), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
-            scratch, dout, inp, rstd, rows, dim);
-    }
-    cudaCheck(cudaGetLastError());
+    if (rows_vectorizable<T>(4, dim, dinp, inp, weight, dout, dinp_copy != NULL ? dinp_copy : dout))
+        launch_backward(rmsnorm_backward_kernel<T, 4>, dim, stream, dinp, dinp_copy, scratch, dout, inp, weight, rstd,
+                        rows, dim);
+    else
+        launch_backward(rmsnorm_backward_kernel<T, 1>, dim, stream, dinp, dinp_copy, scratch, dout, inp, weight, rstd,
+                        rows, dim);
     reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
 }
 
@@ -256,75 +282,67 @@ __global__ void gated_rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, 
 }
 
 template <typename T, int N, int CACHE>
-__global__ void gated_rmsnorm_backward_kernel(T *dinp, T *dgate, const T *dout, const T *inp, const T *gate,
-                                              const float *weight, const float *rstd, int rows, int dim, int H,
-                                              int gate_stride) {
-    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= rows) return;
-    size_t base = (size_t)row * dim, gbase = gate_row(row, H, gate_stride, dim);
-    float r = rstd[row], dot = 0.0f;
-    // per chunk: x and w∘dy∘sigmoid(g), what the second pass needs
-    float kx[CACHE][N], kwdys[CACHE][N];
-    // loads the chunk at c; with first true also writes its gate gradient and adds to dot
-    auto load_chunk = [&](int c, float *x, float *wdys, bool first) {
-        float g[N], w[N], dy[N];
-        load_floats<N>(x, inp + base + c);
-        load_floats<N>(g, gate + gbase + c);
-        load_floats<N>(w, weight + c);
-        load_floats<N>(dy, dout + base + c);
-        float dg[N];
+__global__ void __launch_bounds__(32 * MAX_BWD_WARPS) gated_rmsnorm_backward_kernel(T *dinp, T *dgate, float *partials,
+                                                                                const T *dout, const T *inp,
+                                                                                const T *gate, const float *weight,
+                                                                                const float *rstd, int rows, int dim,
+                                                                                int H, int gate_stride) {
+    extern __shared__ float dw_s[];   // [warps][dim]
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    float *dw_row = dw_s + (size_t)warp * dim;
+    for (int c = lane; c < dim; c += 32) dw_row[c] = 0.0f;
+    int r0, r1;
+    part_rows(rows, &r0, &r1);
+    for (int row = r0 + warp; row < r1; row += warps) {
+        size_t base = (size_t)row * dim, gbase = gate_row(row, H, gate_stride, dim);
+        float r = rstd[row], dot = 0.0f;
+        // per chunk: x and w∘dy∘sigmoid(g), what the second pass needs
+        float kx[CACHE][N], kwdys[CACHE][N];
+        // loads the chunk at c; with first true also writes its gate gradient and adds to dot and dweight
+        auto load_chunk = [&](int c, float *x, float *wdys, bool first) {
+            float g[N], w[N], dy[N];
+            load_floats<N>(x, inp + base + c);
+            load_floats<N>(g, gate + gbase + c);
+            load_floats<N>(w, weight + c);
+            load_floats<N>(dy, dout + base + c);
+            float dg[N], dw[N];
 #pragma unroll
-        for (int k = 0; k < N; k++) {
-            float s = sigmoidf_(g[k]), xhat = x[k] * r;
-            dg[k] = dy[k] * xhat * w[k] * s * (1.0f - s);
-            if (first) dot += xhat * w[k] * dy[k] * s;
-            wdys[k] = w[k] * dy[k] * s;
+            for (int k = 0; k < N; k++) {
+                float s = sigmoidf_(g[k]), xhat = x[k] * r;
+                dw[k] = dy[k] * s * xhat;
+                dg[k] = dw[k] * w[k] * (1.0f - s);
+                if (first) dot += dw[k] * w[k];
+                wdys[k] = w[k] * dy[k] * s;
+            }
+            if (first) {
+                store_floats<N>(dgate + gbase + c, dg);
+                add_to_row<N>(dw_row, c, dw);
+            }
+        };
+#pragma unroll
+        for (int i = 0; i < CACHE; i++)
+            if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kx[i], kwdys[i], true);
+        for (int c = (CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+            float x[N], wdys[N];
+            load_chunk(c, x, wdys, true);
         }
-        if (first) store_floats<N>(dgate + gbase + c, dg);
-    };
+        dot = warp_reduce_sum(dot) / dim;
+        auto store_chunk = [&](int c, const float *x, const float *wdys) {
+            float dx[N];
 #pragma unroll
-    for (int i = 0; i < CACHE; i++)
-        if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kx[i], kwdys[i], true);
-    for (int c = (CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
-        float x[N], wdys[N];
-        load_chunk(c, x, wdys, true);
-    }
-    dot = warp_reduce_sum(dot) / dim;
-    auto store_chunk = [&](int c, const float *x, const float *wdys) {
-        float dx[N];
+            for (int k = 0; k < N; k++) dx[k] = r * (wdys[k] - x[k] * r * dot);
+            store_floats<N>(dinp + base + c, dx);
+        };
 #pragma unroll
-        for (int k = 0; k < N; k++) dx[k] = r * (wdys[k] - x[k] * r * dot);
-        store_floats<N>(dinp + base + c, dx);
-    };
-#pragma unroll
-    for (int i = 0; i < CACHE; i++)
-        if ((i * 32 + lane) * N < dim) store_chunk((i * 32 + lane) * N, kx[i], kwdys[i]);
-    for (int c = (CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
-        float x[N], wdys[N];
-        load_chunk(c, x, wdys, false);
-        store_chunk(c, x, wdys);
-    }
-}
-
-template <typename T, int N>
-__global__ void gated_rmsnorm_dweight_kernel(float *partials, const T *dout, const T *inp, const T *gate,
-                                             const float *rstd, int rows, int dim, int H, int gate_stride) {
-    int c = (blockIdx.x * 32 + threadIdx.x) * N, part = blockIdx.y;
-    int rows_per_part = ceil_div(rows, gridDim.y);
-    int r0 = part * rows_per_part, r1 = min(rows, r0 + rows_per_part);
-    float acc[N];
-#pragma unroll
-    for (int k = 0; k < N; k++) acc[k] = 0.0f;
-    if (c < dim)
-        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
-            float dy[N], x[N], g[N], rs = rstd[r];
-            load_floats<N>(dy, dout + (size_t)r * dim + c);
-            load_floats<N>(x, inp + (size_t)r * dim + c);
-            load_floats<N>(g, gate + gate_row(r, H, gate_stride, dim) + c);
-#pragma unroll
-            for (int k = 0; k < N; k++) acc[k] += dy[k] * sigmoidf_(g[k]) * x[k] * rs;
+        for (int i = 0; i < CACHE; i++)
+            if ((i * 32 + lane) * N < dim) store_chunk((i * 32 + lane) * N, kx[i], kwdys[i]);
+        for (int c = (CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+            float x[N], wdys[N];
+            load_chunk(c, x, wdys, false);
+            store_chunk(c, x, wdys);
         }
-    write_column_partials<N>(acc, partials, part, dim);
+    }
+    write_row_partials(partials, dw_s, dim);
 }
 
 // whether the gated norm's T rows (and the gate's rows, gate_stride apart) allow N-value accesses
@@ -360,25 +378,17 @@ void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, float *dweight, float *scrat
                                  const T *gate, const float *weight, const float *rstd, int rows, int dim, int H,
                                  int gate_stride, cudaStream_t stream) {
     constexpr int V = Vec16<T>::n;
-    int blocks = ceil_div(rows, ROWS_PER_BLOCK);
     if (gated_vectorizable<T>(V, dim, gate_stride, weight, dinp, dgate, dout, inp) && is_aligned(gate, 16)) {
         if (gated_cache<V>(dim) == 1)
-            gated_rmsnorm_backward_kernel<T, V, 1><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
-                dinp, dgate, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
+            launch_backward(gated_rmsnorm_backward_kernel<T, V, 1>, dim, stream, dinp, dgate, scratch, dout, inp, gate,
+                            weight, rstd, rows, dim, H, gate_stride);
         else
-            gated_rmsnorm_backward_kernel<T, V, 2><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
-                dinp, dgate, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
-        cudaCheck(cudaGetLastError());
-        gated_rmsnorm_dweight_kernel<T, V><<<dim3(ceil_div(dim, 32 * V), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
-            scratch, dout, inp, gate, rstd, rows, dim, H, gate_stride);
+            launch_backward(gated_rmsnorm_backward_kernel<T, V, 2>, dim, stream, dinp, dgate, scratch, dout, inp, gate,
+                            weight, rstd, rows, dim, H, gate_stride);
     } else {
-        gated_rmsnorm_backward_kernel<T, 1, 2><<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
-            dinp, dgate, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
-        cudaCheck(cudaGetLastError());
-        gated_rmsnorm_dweight_kernel<T, 1><<<dim3(ceil_div(dim, 32), REDUCE_PARTS), dim3(32, 8), 0, stream>>>(
-            scratch, dout, inp, gate, rstd, rows, dim, H, gate_stride);
+        launch_backward(gated_rmsnorm_backward_kernel<T, 1, 2>, dim, stream, dinp, dgate, scratch, dout, inp, gate,
+                        weight, rstd, rows, dim, H, gate_stride);
     }
-    cudaCheck(cudaGetLastError());
     reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
 }
 
