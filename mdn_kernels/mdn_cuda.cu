@@ -966,7 +966,7 @@ struct FastSmem {
     bf16 *Xb;               // [2K][VT+8] bf16 copy of the state (or of dX)
     bf16 *W[6];             // [CH][VT+8] L x VT operands: forward R, U, g-scaled U, h-scaled U;
                             // reverse d_o, (a qs)-scaled d_o, (-b qs)-scaled d_o, dU, PA1 G, PA2 G
-    float *sc;              // [NSC][CH]
+    float *vs;              // [NVEC][CH] the chunk's gate vectors (prepare's), fetched with its operands
 };
 // mode: FAST_FWD, FAST_STORE (the backward's recompute: no q, no QKG), FAST_BWD
 enum { FAST_FWD, FAST_STORE, FAST_BWD };
@@ -978,24 +978,37 @@ __host__ __device__ inline size_t carve_fast(FastSmem &s, char *base, int K, int
     s.QG = mode == FAST_STORE ? nullptr : cv.take<bf16>((size_t)CH * (CH + 8));
     s.Xb = cv.take<bf16>((size_t)2 * K * (VT + 8));
     for (int i = 0; i < 6; i++) s.W[i] = (i < (mode == FAST_BWD ? 6 : 4)) ? cv.take<bf16>((size_t)CH * (VT + 8)) : nullptr;
-    s.sc = cv.take<float>((size_t)NSC * CH);
+    s.vs = cv.take<float>((size_t)NVEC * CH);
     return cv.off;
 }
 
-// the chunk's row factors (as load_chunk): threads < CH
-__device__ __forceinline__ void fast_row_factors(float *sc, const Dims &d, const float *vi) {
-    const int i = threadIdx.x;
-    if (i < CH) {
-        const float aprev = i ? vi[VEC_A * CH + i - 1] : 1.f, bprev = i ? vi[VEC_B * CH + i - 1] : 0.f;
-        const float pa = vi[VEC_PA * CH + i], et = vi[VEC_ETA * CH + i];
-        const float rk = vi[VEC_RK * CH + i], qs = vi[VEC_RQ * CH + i] * d.qscale;
-        sc[SC_PA1 * CH + i] = -aprev * pa * rk;
-        sc[SC_PA2 * CH + i] = bprev * pa * rk;
-        sc[SC_QA1 * CH + i] = vi[VEC_A * CH + i] * qs;
-        sc[SC_QA2 * CH + i] = -vi[VEC_B * CH + i] * qs;
-        sc[SC_KK1 * CH + i] = vi[VEC_G * CH + i] * et * rk;
-        sc[SC_KK2 * CH + i] = -vi[VEC_H * CH + i] * et * rk;
-    }
+// the chunk's gate vectors vi (NVEC x CH floats, 16-byte aligned) into vs, by cp.async with the
+// chunk's other operands. The state passes used to load them from global memory at the top of
+// each chunk (threads < CH, then the row factors into shared memory before the chunk's first
+// barrier): an exposed load latency a chunk, ~19% of the reverse pass's stall samples at the top.
+__device__ __forceinline__ void fast_fetch_vectors(float *vs, const float *vi) {
+    for (int e = threadIdx.x; e < NVEC * CH / 4; e += blockDim.x) cp_async16(vs + 4 * e, vi + 4 * e, true);
+}
+
+// row i's factors (as load_chunk), formed where used from the staged gate vectors: each thread's
+// epilogue touches two rows, so this is a few shared loads, and no pass of its own
+struct RowFactors {
+    float pa1, pa2;   // R = V + PA1 o (Kh S0) + PA2 o (Kh M0); G's update operands
+    float qa1, qa2;   // O = QA1 o (Qh S0) + QA2 o (Qh M0) + ...; d_o's update operands
+    float kk1, kk2;   // the update's operands KK1 o U, KK2 o U; dU = KK1 o (Kh dS1) + KK2 o (Kh dM1) + ...
+};
+__device__ __forceinline__ RowFactors fast_row_factors(const float *vs, const Dims &d, int i) {
+    const float aprev = i ? vs[VEC_A * CH + i - 1] : 1.f, bprev = i ? vs[VEC_B * CH + i - 1] : 0.f;
+    const float pa = vs[VEC_PA * CH + i], et = vs[VEC_ETA * CH + i];
+    const float rk = vs[VEC_RK * CH + i], qs = vs[VEC_RQ * CH + i] * d.qscale;
+    RowFactors f;
+    f.pa1 = -aprev * pa * rk;
+    f.pa2 = bprev * pa * rk;
+    f.qa1 = vs[VEC_A * CH + i] * qs;
+    f.qa2 = -vs[VEC_B * CH + i] * qs;
+    f.kk1 = vs[VEC_G * CH + i] * et * rk;
+    f.kk2 = -vs[VEC_H * CH + i] * et * rk;
+    return f;
 }
 
 // The state strips of warp w: s = w + 8j (j < SPW <= 2), s < nU; strip s covers rows 16*(s / nsn), columns
@@ -1093,7 +1106,6 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int K = d.K, ldk = K + 8, ldl = CH + 8, ldv = VT + 8, nU = (K / 16) * NSN;
     bf16 *Rb = s.W[0], *Ub = s.W[1], *Ug = s.W[2], *Uh = s.W[3];
-    const float *sc = s.sc;
     const size_t hstride = (size_t)d.H * K;
 
     float st[SPW][2][NBU][4];
@@ -1106,20 +1118,21 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
             if (!STORE) async_rows(s.Qh, ldk, q + base * K, hstride, CH, K, rows_valid);
             async_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH);
             if (!STORE) async_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH);
+            fast_fetch_vectors(s.vs, vec + (size_t)(bh * d.NC + n) * NVEC * CH);
         }
     };
     issue(0, true, true);
     for (int n = 0; n < d.NC; n++) {
         const int bhc = bh * d.NC + n, t0 = n * CH;
-        const float *vi = vec + (size_t)bhc * NVEC * CH;
         if (STORE) fast_state_store<VT, SPW>(st, d, (size_t)bhc * 2 * K, (size_t)bhc * 2 * K + K, v0, Xall, Xall);
-        fast_row_factors(s.sc, d, vi);
-        const float aL = vi[VEC_A * CH + CH - 1], bL = vi[VEC_B * CH + CH - 1], mL = vi[VEC_M * CH + CH - 1];
         cp_async_wait_all();
-        __syncthreads();   // operands, row factors and Xb of the previous update visible
+        __syncthreads();   // operands, gate vectors and Xb of the previous update visible
+        // the update's decays, read before the next chunk's vectors are fetched over them
+        const float aL = s.vs[VEC_A * CH + CH - 1], bL = s.vs[VEC_B * CH + CH - 1], mL = s.vs[VEC_M * CH + CH - 1];
         // R = V + PA1 o (Kh S0) + PA2 o (Kh M0)   (4 x 2 strips of 16 x VT/2, one per warp)
         {
             const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
+            const RowFactors f[2] = {fast_row_factors(s.vs, d, m0 + g), fast_row_factors(s.vs, d, m0 + g + 8)};
             float c1[NBL][4] = {}, c2[NBL][4] = {};
             mma_strip<NBL, false, 2>(c1, c2, s.Kh, ldk, s.Xb, s.Xb + K * ldv, ldv, m0, n0, K);
 #pragma unroll
@@ -1131,7 +1144,7 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
                     if (t0 + i < d.T)
                         vv = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(
                             v + (((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c));
-                    const float p1 = sc[SC_PA1 * CH + i], p2 = sc[SC_PA2 * CH + i];
+                    const float p1 = f[hh].pa1, p2 = f[hh].pa2;
                     st_bf16x2(Rb + i * ldv + c, vv.x + p1 * c1[nb][2 * hh] + p2 * c2[nb][2 * hh],
                               vv.y + p1 * c1[nb][2 * hh + 1] + p2 * c2[nb][2 * hh + 1]);
                 }
@@ -1140,6 +1153,7 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
         // U = T^-1 R; the update's operands g o U, h o U (row factors KK1, KK2)
         {
             const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
+            const RowFactors f[2] = {fast_row_factors(s.vs, d, m0 + g), fast_row_factors(s.vs, d, m0 + g + 8)};
             float c1[NBL][4] = {};
             mma_strip<NBL, false, 1>(c1, c1, s.Ti, ldl, Rb, Rb, ldv, m0, n0, CH);
 #pragma unroll
@@ -1148,7 +1162,7 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
                 for (int hh = 0; hh < 2; hh++) {
                     const int i = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
                     const float x = c1[nb][2 * hh], y = c1[nb][2 * hh + 1];
-                    const float k1 = sc[SC_KK1 * CH + i], k2 = sc[SC_KK2 * CH + i];
+                    const float k1 = f[hh].kk1, k2 = f[hh].kk2;
                     st_bf16x2(Ub + i * ldv + c, x, y);
                     st_bf16x2(Ug + i * ldv + c, k1 * x, k1 * y);
                     st_bf16x2(Uh + i * ldv + c, k2 * x, k2 * y);
@@ -1159,15 +1173,14 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
         if (!STORE) {
             // O = QA1 o (Qh S0) + QA2 o (Qh M0) + QKG U
             const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
+            const RowFactors f[2] = {fast_row_factors(s.vs, d, m0 + g), fast_row_factors(s.vs, d, m0 + g + 8)};
             float c1[NBL][4] = {}, c2[NBL][4] = {};
             mma_strip<NBL, false, 2>(c1, c2, s.Qh, ldk, s.Xb, s.Xb + K * ldv, ldv, m0, n0, K);
 #pragma unroll
             for (int nb = 0; nb < NBL; nb++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int i = m0 + g + 8 * (e >> 1);
-                    c1[nb][e] = sc[SC_QA1 * CH + i] * c1[nb][e] + sc[SC_QA2 * CH + i] * c2[nb][e];
-                }
+                for (int e = 0; e < 4; e++)
+                    c1[nb][e] = f[e >> 1].qa1 * c1[nb][e] + f[e >> 1].qa2 * c2[nb][e];
             mma_strip<NBL, false, 1>(c1, c1, s.QG, ldl, Ub, Ub, ldv, m0, n0, CH);
 #pragma unroll
             for (int nb = 0; nb < NBL; nb++)
@@ -1227,7 +1240,6 @@ __global__ void __launch_bounds__(NTHREADS, 2)
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int K = d.K, ldk = K + 8, ldl = CH + 8, ldv = VT + 8, nU = (K / 16) * NSN;
     bf16 *dOs = s.W[0], *dOq1 = s.W[1], *dOq2 = s.W[2], *dUb = s.W[3], *Gp1 = s.W[4], *Gp2 = s.W[5];
-    const float *sc = s.sc;
     const size_t hstride = (size_t)d.H * K;
 
     float st[SPW][2][NBU][4];
@@ -1243,29 +1255,28 @@ __global__ void __launch_bounds__(NTHREADS, 2)
             async_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH);
             async_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH);
             async_rows(dOs, ldv, d_o + base * d.V + v0, (size_t)d.H * d.V, CH, VT, rows_valid);
+            fast_fetch_vectors(s.vs, vec + (size_t)(bh * d.NC + n) * NVEC * CH);
         }
     };
     issue(d.NC - 1, true, true);
     for (int n = d.NC - 1; n >= 0; n--) {
         const int bhc = bh * d.NC + n, t0 = n * CH;
-        const float *vi = vec + (size_t)bhc * NVEC * CH;
         fast_state_store<VT, SPW>(st, d, (size_t)bhc * 2 * K, (size_t)bhc * 2 * K + K, v0, dXall, dXall);
-        fast_row_factors(s.sc, d, vi);
-        const float aL = vi[VEC_A * CH + CH - 1], bL = vi[VEC_B * CH + CH - 1], mL = vi[VEC_M * CH + CH - 1];
         cp_async_wait_all();
         __syncthreads();
+        // the update's decays, read before the previous chunk's vectors are fetched over them
+        const float aL = s.vs[VEC_A * CH + CH - 1], bL = s.vs[VEC_B * CH + CH - 1], mL = s.vs[VEC_M * CH + CH - 1];
         // dU = KK1 o (Kh dS1) + KK2 o (Kh dM1) + QKG^T dO; the update's operands (a qs) o dO, (-b qs) o dO
         {
             const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
+            const RowFactors f[2] = {fast_row_factors(s.vs, d, m0 + g), fast_row_factors(s.vs, d, m0 + g + 8)};
             float c1[NBL][4] = {}, c2[NBL][4] = {};
             mma_strip<NBL, false, 2>(c1, c2, s.Kh, ldk, s.Xb, s.Xb + K * ldv, ldv, m0, n0, K);
 #pragma unroll
             for (int nb = 0; nb < NBL; nb++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int i = m0 + g + 8 * (e >> 1);
-                    c1[nb][e] = sc[SC_KK1 * CH + i] * c1[nb][e] + sc[SC_KK2 * CH + i] * c2[nb][e];
-                }
+                for (int e = 0; e < 4; e++)
+                    c1[nb][e] = f[e >> 1].kk1 * c1[nb][e] + f[e >> 1].kk2 * c2[nb][e];
             mma_strip<NBL, true, 1>(c1, c1, s.QG, ldl, dOs, dOs, ldv, m0, n0, CH);
 #pragma unroll
             for (int nb = 0; nb < NBL; nb++)
@@ -1274,7 +1285,7 @@ __global__ void __launch_bounds__(NTHREADS, 2)
                     const int i = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
                     st_bf16x2(dUb + i * ldv + c, c1[nb][2 * hh], c1[nb][2 * hh + 1]);
                     const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(dOs + i * ldv + c));
-                    const float q1 = sc[SC_QA1 * CH + i], q2 = sc[SC_QA2 * CH + i];
+                    const float q1 = f[hh].qa1, q2 = f[hh].qa2;
                     st_bf16x2(dOq1 + i * ldv + c, q1 * x.x, q1 * x.y);
                     st_bf16x2(dOq2 + i * ldv + c, q2 * x.x, q2 * x.y);
                 }
@@ -1283,6 +1294,7 @@ __global__ void __launch_bounds__(NTHREADS, 2)
         // G = T^-T dU (= dv); the update's operands PA1 o G, PA2 o G
         {
             const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
+            const RowFactors f[2] = {fast_row_factors(s.vs, d, m0 + g), fast_row_factors(s.vs, d, m0 + g + 8)};
             float c1[NBL][4] = {};
             mma_strip<NBL, true, 1>(c1, c1, s.Ti, ldl, dUb, dUb, ldv, m0, n0, CH);
 #pragma unroll
@@ -1291,7 +1303,7 @@ __global__ void __launch_bounds__(NTHREADS, 2)
                 for (int hh = 0; hh < 2; hh++) {
                     const int i = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
                     const float x = c1[nb][2 * hh], y = c1[nb][2 * hh + 1];
-                    const float p1 = sc[SC_PA1 * CH + i], p2 = sc[SC_PA2 * CH + i];
+                    const float p1 = f[hh].pa1, p2 = f[hh].pa2;
                     if (t0 + i < d.T) st_bf16x2(G_out + (((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c, x, y);
                     st_bf16x2(Gp1 + i * ldv + c, p1 * x, p1 * y);
                     st_bf16x2(Gp2 + i * ldv + c, p2 * x, p2 * y);
