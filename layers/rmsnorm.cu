@@ -104,17 +104,22 @@ void residual_rmsnorm_forward_cuda(float *sum, T *out, float *rstd, const float 
 // fixed order). At the end the block adds its warps' rows in order into partials[part], which
 // reduce_partials_add_cuda sums. (A second, column-parallel pass re-read dout and the input: 26% of
 // the rmsnorm backward's bytes, 37% of the gated norm's.)
-#define MAX_BWD_WARPS 8   // warps a backward block; fewer when 8 rows of dweight sums exceed shared memory
+// warps a backward block: the grid is REDUCE_PARTS blocks, so the block size sets the occupancy.
+// The rmsnorm kernel needs 128 registers (two blocks of 8 warps an SM at most); the gated norm's
+// ~60 allow 16 warps a block (0.206 -> 0.195 ms at the 400M shape).
+#define RMS_BWD_WARPS 8
+#define GATED_BWD_WARPS 16
 
-// warps of a backward block whose per-warp dweight rows of dim floats fit the device's shared memory
-static int backward_warps(int dim) {
+// warps of a backward block, at most max_warps, whose per-warp dweight rows of dim floats fit the
+// device's shared memory
+static int backward_warps(int dim, int max_warps) {
     size_t per_warp = (size_t)dim * sizeof(float);
     size_t warps = cuda_device_props()->sharedMemPerBlockOptin / per_warp;
     if (warps == 0) {
         fprintf(stderr, "error: rmsnorm.cu: a row of %d values is too wide for the backward's shared memory\n", dim);
         exit(EXIT_FAILURE);
     }
-    return warps < MAX_BWD_WARPS ? (int)warps : MAX_BWD_WARPS;
+    return warps < (size_t)max_warps ? (int)warps : max_warps;
 }
 
 // the rows [r0, r1) of this block's part
@@ -150,7 +155,7 @@ __device__ void write_row_partials(float *partials, const float *dw_s, int dim) 
 }
 
 template <typename T, int N>
-__global__ void __launch_bounds__(32 * MAX_BWD_WARPS, 2) rmsnorm_backward_kernel(float *dinp, T *dinp_copy, float *partials,
+__global__ void __launch_bounds__(32 * RMS_BWD_WARPS, 2) rmsnorm_backward_kernel(float *dinp, T *dinp_copy, float *partials,
                                                                              const T *dout, const float *inp,
                                                                              const float *weight, const float *rstd,
                                                                              int rows, int dim) {
@@ -205,10 +210,10 @@ __global__ void __launch_bounds__(32 * MAX_BWD_WARPS, 2) rmsnorm_backward_kernel
     write_row_partials(partials, dw_s, dim);
 }
 
-// launches kernel on REDUCE_PARTS blocks of backward_warps(dim) warps with their dweight rows
+// launches kernel on REDUCE_PARTS blocks of backward_warps(dim, max_warps) warps with their dweight rows
 template <typename Kernel, typename... Args>
-static void launch_backward(Kernel kernel, int dim, cudaStream_t stream, Args... args) {
-    int warps = backward_warps(dim);
+static void launch_backward(Kernel kernel, int max_warps, int dim, cudaStream_t stream, Args... args) {
+    int warps = backward_warps(dim, max_warps);
     size_t smem = (size_t)warps * dim * sizeof(float);
     if (smem > 48 * 1024)
         cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -221,10 +226,10 @@ void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, float *dweight, float *scr
                            const float *inp, const float *weight, const float *rstd, int rows, int dim,
                            cudaStream_t stream) {
     if (rows_vectorizable<T>(4, dim, dinp, inp, weight, dout, dinp_copy != NULL ? dinp_copy : dout))
-        launch_backward(rmsnorm_backward_kernel<T, 4>, dim, stream, dinp, dinp_copy, scratch, dout, inp, weight, rstd,
+        launch_backward(rmsnorm_backward_kernel<T, 4>, RMS_BWD_WARPS, dim, stream, dinp, dinp_copy, scratch, dout, inp, weight, rstd,
                         rows, dim);
     else
-        launch_backward(rmsnorm_backward_kernel<T, 1>, dim, stream, dinp, dinp_copy, scratch, dout, inp, weight, rstd,
+        launch_backward(rmsnorm_backward_kernel<T, 1>, RMS_BWD_WARPS, dim, stream, dinp, dinp_copy, scratch, dout, inp, weight, rstd,
                         rows, dim);
     reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
 }
@@ -282,7 +287,7 @@ __global__ void gated_rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, 
 }
 
 template <typename T, int N, int CACHE>
-__global__ void __launch_bounds__(32 * MAX_BWD_WARPS) gated_rmsnorm_backward_kernel(T *dinp, T *dgate, float *partials,
+__global__ void __launch_bounds__(32 * GATED_BWD_WARPS) gated_rmsnorm_backward_kernel(T *dinp, T *dgate, float *partials,
                                                                                 const T *dout, const T *inp,
                                                                                 const T *gate, const float *weight,
                                                                                 const float *rstd, int rows, int dim,
@@ -380,13 +385,13 @@ void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, float *dweight, float *scrat
     constexpr int V = Vec16<T>::n;
     if (gated_vectorizable<T>(V, dim, gate_stride, weight, dinp, dgate, dout, inp) && is_aligned(gate, 16)) {
         if (gated_cache<V>(dim) == 1)
-            launch_backward(gated_rmsnorm_backward_kernel<T, V, 1>, dim, stream, dinp, dgate, scratch, dout, inp, gate,
+            launch_backward(gated_rmsnorm_backward_kernel<T, V, 1>, GATED_BWD_WARPS, dim, stream, dinp, dgate, scratch, dout, inp, gate,
                             weight, rstd, rows, dim, H, gate_stride);
         else
-            launch_backward(gated_rmsnorm_backward_kernel<T, V, 2>, dim, stream, dinp, dgate, scratch, dout, inp, gate,
+            launch_backward(gated_rmsnorm_backward_kernel<T, V, 2>, GATED_BWD_WARPS, dim, stream, dinp, dgate, scratch, dout, inp, gate,
                             weight, rstd, rows, dim, H, gate_stride);
     } else {
-        launch_backward(gated_rmsnorm_backward_kernel<T, 1, 2>, dim, stream, dinp, dgate, scratch, dout, inp, gate,
+        launch_backward(gated_rmsnorm_backward_kernel<T, 1, 2>, GATED_BWD_WARPS, dim, stream, dinp, dgate, scratch, dout, inp, gate,
                         weight, rstd, rows, dim, H, gate_stride);
     }
     reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
