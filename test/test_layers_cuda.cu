@@ -256,8 +256,11 @@ template <typename T> static void test_gates(const char *tag, double tol, int bf
     snprintf(name, sizeof name, "gates backward parameter gradients (%s)", tag); check(name, from_dev(dpg, 5 * H), pg, 1e-5);
 }
 
-template <typename T> static void test_output_correction(const char *tag, double tol, int bf) {
-    int rows = 90, H = 3, K = 32;
+// K 32: one value a lane; K 128: the vector paths (8 bytes a lane in bf16, 16 in float32), with dq
+// written in place over dq_out as the trainer calls it
+template <typename T> static void test_output_correction(const char *tag, double tol, int bf, int K) {
+    int rows = 90, H = 3;
+    bool in_place = K > 32;
     size_t n = (size_t)rows * H * K;
     Vec q = rand_vec(n, -1, 1, bf), k = rand_vec(n, -1, 1, bf), D_log = rand_vec(H, -2, 0, 0);
     Vec dq_out = rand_vec(n, -1, 1, bf), dk0 = rand_vec(n, -1, 1, bf), dD0 = rand_vec(H, -1, 1, 0);
@@ -270,12 +273,13 @@ template <typename T> static void test_output_correction(const char *tag, double
     void *scratch;
     cudaCheck(cudaMalloc(&scratch, output_correction_backward_scratch_bytes(rows, H)));
     output_correction_forward_cuda<T>(dqo, dq_d, dk_d, dDl, rows, H, K, 0);
+    if (in_place) ddq = ddq_out;
     output_correction_backward_cuda<T>(ddq, ddk, ddD, scratch, ddq_out, dk_d, dDl, rows, H, K, 0);
     char name[96];
-    snprintf(name, sizeof name, "output correction forward (%s)", tag); check(name, from_dev(dqo, n), qo, tol);
-    snprintf(name, sizeof name, "output correction backward dq (%s)", tag); check(name, from_dev(ddq, n), dq, tol);
-    snprintf(name, sizeof name, "output correction backward dk (%s)", tag); check(name, from_dev(ddk, n), dk, tol);
-    snprintf(name, sizeof name, "output correction backward dD_log (%s)", tag); check(name, from_dev(ddD, H), dD, 1e-5);
+    snprintf(name, sizeof name, "output correction forward (%s, K %d)", tag, K); check(name, from_dev(dqo, n), qo, tol);
+    snprintf(name, sizeof name, "output correction backward dq (%s, K %d)", tag, K); check(name, from_dev(ddq, n), dq, tol);
+    snprintf(name, sizeof name, "output correction backward dk (%s, K %d)", tag, K); check(name, from_dev(ddk, n), dk, tol);
+    snprintf(name, sizeof name, "output correction backward dD_log (%s, K %d)", tag, K); check(name, from_dev(ddD, H), dD, 1e-5);
 }
 
 template <typename T> static void test_swiglu(const char *tag, double tol, int bf) {
@@ -365,6 +369,12 @@ static void test_adamw(void) {
     double s = 0;
     for (double x : part) s += x;
     check("gradient sum of squares", Vec(1, (float)s), Vec(1, (float)adamw_sum_squares(g.data(), n)), 1e-6);
+    // from a pointer that is not 16-byte aligned: the scalar path (the above took the float4 one)
+    adamw_sum_squares_cuda(dpart, dg + 1, n - 1, 0);
+    cudaCheck(cudaMemcpy(part.data(), dpart, REDUCE_PARTS * sizeof(double), cudaMemcpyDeviceToHost));
+    s = 0;
+    for (double x : part) s += x;
+    check("gradient sum of squares, unaligned", Vec(1, (float)s), Vec(1, (float)adamw_sum_squares(g.data() + 1, n - 1)), 1e-6);
     adamw_free(&opt);
 }
 
@@ -392,8 +402,10 @@ int main(int argc, char **argv) {
     test_conv<bf16>("bf16", 2e-2, 1);
     test_gates<float>("f32", 1e-5, 0);
     test_gates<bf16>("bf16", 2e-2, 1);
-    test_output_correction<float>("f32", 1e-5, 0);
-    test_output_correction<bf16>("bf16", 2e-2, 1);
+    for (int K : {32, 128}) {
+        test_output_correction<float>("f32", 1e-5, 0, K);
+        test_output_correction<bf16>("bf16", 2e-2, 1, K);
+    }
     test_swiglu<float>("f32", 1e-5, 0);
     test_swiglu<bf16>("bf16", 2e-2, 1);
     test_classifier<float>("f32", 1e-5, 0);
