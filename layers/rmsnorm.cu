@@ -7,8 +7,9 @@
 // in registers between them and issues every load of a chunk before the first use, so a row costs
 // one memory latency, not three (reloading the row doubled these kernels' times at 400M). Chunks
 // past CACHE (rows wider than 32·N·CACHE values) are read again. The forwards give the same bits
-// as loop-and-reload; the backwards round w·dy (w·dy·sigmoid(g)) on its own where the compiler
-// used to fuse it into the subtraction: last-bit differences.
+// as loop-and-reload; the rmsnorm backward forms dinp + dx as (dinp + r·w∘dy) − r²·mean(..)·x
+// (two cached values a chunk, not three), the gated one r·(w∘dy∘σ(g) − x̂·mean(..)): float32
+// rounding differences from the CPU twin's order, within the tests' bounds.
 #include "rmsnorm.cuh"
 
 #include "packed.cuh"
