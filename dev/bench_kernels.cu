@@ -106,13 +106,14 @@ int main(int argc, char **argv) {
     float *dwk = device_random<float>((size_t)HK * W), *dwv = device_random<float>((size_t)HV * W);
     void *conv_scratch;
     cudaCheck(cudaMalloc(&conv_scratch, shortconv_silu_backward_scratch_bytes(B, T, HV, W)));
+    float *D_log = device_random<float>(H), *dD_log = device_random<float>(H);
     double qkv_bytes = (double)BT * (2 * HK + HV) * X;
-    ms = time_ms([&] {
-        shortconv_silu_forward_cuda<bf16>(q, proj, PQ, wq, B, T, HK, W, 0);
+    ms = time_ms([&] {   // as model_cuda.cu: k, then q with the output correction (reads k), then v
         shortconv_silu_forward_cuda<bf16>(k, proj + HK, PQ, wk, B, T, HK, W, 0);
+        shortconv_silu_corrected_forward_cuda<bf16>(q, proj, PQ, wq, k, D_log, H, B, T, HK, W, 0);
         shortconv_silu_forward_cuda<bf16>(v, proj + 2 * HK, PQ, wv, B, T, HV, W, 0);
     });
-    report("conv+silu forward (q, k, v)", ms, 2 * qkv_bytes);
+    report("conv+silu forward (k, q corrected, v)", ms, 2 * qkv_bytes + (double)BT * HK * X);
     ms = time_ms([&] {   // q, k, v stand in for their gradients
         shortconv_silu_backward_cuda<bf16>(dproj, PQ, dwq, conv_scratch, q, proj, PQ, wq, B, T, HK, W, 0);
         shortconv_silu_backward_cuda<bf16>(dproj + HK, PQ, dwk, conv_scratch, k, proj + HK, PQ, wk, B, T, HK, W, 0);
@@ -121,13 +122,10 @@ int main(int argc, char **argv) {
     });
     report("conv+silu backward (q, k, v)", ms, 3 * qkv_bytes);
 
-    float *D_log = device_random<float>(H), *dD_log = device_random<float>(H);
     void *corr_scratch;
     cudaCheck(cudaMalloc(&corr_scratch, output_correction_backward_scratch_bytes(BT, H)));
-    ms = time_ms([&] { output_correction_forward_cuda<bf16>(q, q, k, D_log, BT, H, K, 0); });
-    report("output correction forward", ms, 3.0 * BT * HK * X);
     ms = time_ms([&] { output_correction_backward_cuda<bf16>(q, k, dD_log, corr_scratch, q, k, D_log, BT, H, K, 0); });
-    report("output correction backward", ms, 4.0 * BT * HK * X);
+    report("output correction backward (dq in place)", ms, 4.0 * BT * HK * X);
 
     // the gated output norm over B·T·H rows of V, its gate a column slice of proj
     bf16 *o = device_random<bf16>((size_t)BT * HV), *on = device_random<bf16>((size_t)BT * HV);

@@ -91,8 +91,9 @@ __device__ __forceinline__ void conv_taps(float (&z)[N], const float (&w)[W][N],
 
 template <typename T, int N, int W>
 __global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_forward_kernel(T *out, const T *inp, int in_stride,
-                                                                                 const float *weight, int num_tiles,
-                                                                                 int Tlen, int C) {
+                                                                                 const float *weight, const T *sub,
+                                                                                 const float *D_log, int head_dim,
+                                                                                 int num_tiles, int Tlen, int C) {
     int c0 = (blockIdx.x * 32 + threadIdx.x) * N, tile = blockIdx.y * CONV_WARPS + threadIdx.y;
     if (c0 >= C || tile >= num_tiles) return;
     int r0, t0, len;
@@ -106,6 +107,15 @@ __global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_forward_ker
         int t = t0 - (W - 1) + j;
         x[j] = load_packed_or_zero<N>(seq + (size_t)t * in_stride, t >= 0 && t < t0 + len);
     }
+    // the output correction's subtrahend rows (the thread's N channels are in one head)
+    Packed<T, N> sub_rows[CONV_TILE_FWD];
+    float c_sub = 0.0f;
+    if (sub != NULL) {
+#pragma unroll
+        for (int s = 0; s < CONV_TILE_FWD; s++)
+            sub_rows[s] = load_packed_or_zero<N>(sub + (size_t)(r0 + s) * C + c0, s < len);
+        c_sub = expf(D_log[c0 / head_dim]);
+    }
     float w[W][N];
     load_conv_weights<N, W>(w, weight, c0);
 #pragma unroll
@@ -115,6 +125,9 @@ __global__ void __launch_bounds__(32 * CONV_WARPS, 2) shortconv_silu_forward_ker
         conv_taps<T, N, W>(z, w, x, s);
 #pragma unroll
         for (int k = 0; k < N; k++) y[k] = z[k] * sigmoidf_(z[k]);
+        if (sub != NULL)
+#pragma unroll
+            for (int k = 0; k < N; k++) y[k] -= c_sub * to_float(sub_rows[s].v[k]);
         store_floats<N>(out + (size_t)(r0 + s) * C + c0, y);
     }
 }
@@ -249,12 +262,12 @@ static int conv_backward_parts(int B, int Tlen) {
 }
 
 template <typename T, int N, int W>
-static void conv_forward_launch(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
-                                cudaStream_t stream) {
+static void conv_forward_launch(T *out, const T *inp, int in_stride, const float *weight, const T *sub,
+                                const float *D_log, int head_dim, int B, int Tlen, int C, cudaStream_t stream) {
     int tiles = conv_num_tiles(B, Tlen, CONV_TILE_FWD);
     dim3 grid(ceil_div(C / N, 32), ceil_div(tiles, CONV_WARPS));
-    shortconv_silu_forward_kernel<T, N, W><<<grid, dim3(32, CONV_WARPS), 0, stream>>>(out, inp, in_stride, weight,
-                                                                                      tiles, Tlen, C);
+    shortconv_silu_forward_kernel<T, N, W><<<grid, dim3(32, CONV_WARPS), 0, stream>>>(
+        out, inp, in_stride, weight, sub, D_log, head_dim, tiles, Tlen, C);
     cudaCheck(cudaGetLastError());
 }
 
@@ -278,13 +291,13 @@ static bool conv_vectorizable(int N, int C, int in_stride, int other_stride, con
 }
 
 template <typename T, int W>
-static void conv_forward_w(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
-                           cudaStream_t stream) {
+static void conv_forward_w(T *out, const T *inp, int in_stride, const float *weight, const T *sub, const float *D_log,
+                           int head_dim, int B, int Tlen, int C, cudaStream_t stream) {
     constexpr int N = ConvVec<T, W>::n;
-    if (conv_vectorizable<T>(N, C, in_stride, C, out, inp, inp))
-        conv_forward_launch<T, N, W>(out, inp, in_stride, weight, B, Tlen, C, stream);
+    if (conv_vectorizable<T>(N, C, in_stride, C, out, inp, sub != NULL ? sub : inp) && head_dim % N == 0)
+        conv_forward_launch<T, N, W>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream);
     else
-        conv_forward_launch<T, 1, W>(out, inp, in_stride, weight, B, Tlen, C, stream);
+        conv_forward_launch<T, 1, W>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream);
 }
 
 template <typename T, int W>
@@ -305,19 +318,36 @@ static void conv_check_width(int W) {
 }
 
 template <typename T>
-void shortconv_silu_forward_cuda(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
-                                 int W, cudaStream_t stream) {
+static void conv_forward(T *out, const T *inp, int in_stride, const float *weight, const T *sub, const float *D_log,
+                         int head_dim, int B, int Tlen, int C, int W, cudaStream_t stream) {
     conv_check_width(W);
     switch (W) {
-    case 1: conv_forward_w<T, 1>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 2: conv_forward_w<T, 2>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 3: conv_forward_w<T, 3>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 4: conv_forward_w<T, 4>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 5: conv_forward_w<T, 5>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 6: conv_forward_w<T, 6>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 7: conv_forward_w<T, 7>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
-    default: conv_forward_w<T, 8>(out, inp, in_stride, weight, B, Tlen, C, stream); break;
+    case 1: conv_forward_w<T, 1>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
+    case 2: conv_forward_w<T, 2>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
+    case 3: conv_forward_w<T, 3>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
+    case 4: conv_forward_w<T, 4>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
+    case 5: conv_forward_w<T, 5>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
+    case 6: conv_forward_w<T, 6>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
+    case 7: conv_forward_w<T, 7>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
+    default: conv_forward_w<T, 8>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
     }
+}
+
+template <typename T>
+void shortconv_silu_forward_cuda(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
+                                 int W, cudaStream_t stream) {
+    conv_forward<T>(out, inp, in_stride, weight, NULL, NULL, C, B, Tlen, C, W, stream);
+}
+
+template <typename T>
+void shortconv_silu_corrected_forward_cuda(T *out, const T *inp, int in_stride, const float *weight, const T *sub,
+                                           const float *D_log, int H, int B, int Tlen, int C, int W,
+                                           cudaStream_t stream) {
+    if (H < 1 || C % H != 0) {
+        fprintf(stderr, "error: conv.cu: %d channels do not split into %d heads\n", C, H);
+        exit(EXIT_FAILURE);
+    }
+    conv_forward<T>(out, inp, in_stride, weight, sub, D_log, C / H, B, Tlen, C, W, stream);
 }
 
 template <typename T>
@@ -343,6 +373,10 @@ template void shortconv_silu_forward_cuda<float>(float *, const float *, int, co
                                                  cudaStream_t);
 template void shortconv_silu_forward_cuda<bf16>(bf16 *, const bf16 *, int, const float *, int, int, int, int,
                                                 cudaStream_t);
+template void shortconv_silu_corrected_forward_cuda<float>(float *, const float *, int, const float *, const float *,
+                                                           const float *, int, int, int, int, int, cudaStream_t);
+template void shortconv_silu_corrected_forward_cuda<bf16>(bf16 *, const bf16 *, int, const float *, const bf16 *,
+                                                          const float *, int, int, int, int, int, cudaStream_t);
 template void shortconv_silu_backward_cuda<float>(float *, int, float *, void *, const float *, const float *, int,
                                                   const float *, int, int, int, int, cudaStream_t);
 template void shortconv_silu_backward_cuda<bf16>(bf16 *, int, float *, void *, const bf16 *, const bf16 *, int,

@@ -13,6 +13,13 @@
 template <typename T>
 void shortconv_silu_forward_cuda(T *out, const T *inp, int in_stride, const float *weight, int B, int Tlen, int C,
                                  int W, cudaStream_t stream);
+// out = silu(conv(inp)) − exp(D_log[h])·sub, channel c in head h = c / (C / H): the output
+// correction (mdn-spec.md §4.5, q − exp(D_log)·k) fused into the q conv, sub being the k conv's output
+// (out's layout). One pass where the conv then the correction wrote q, read it back and wrote it again.
+template <typename T>
+void shortconv_silu_corrected_forward_cuda(T *out, const T *inp, int in_stride, const float *weight, const T *sub,
+                                           const float *D_log, int H, int B, int Tlen, int C, int W,
+                                           cudaStream_t stream);
 // scratch bytes shortconv_silu_backward_cuda needs
 size_t shortconv_silu_backward_scratch_bytes(int B, int Tlen, int C, int W);
 // dinp (row stride dinp_stride) overwritten; dweight [C, W] += (float32, deterministic)

@@ -98,33 +98,6 @@ void mdn_gates_backward_cuda(T *da, T *db, T *dm, T *de, int dproj_stride, float
         reduce_partials_add_strided_cuda(targets[k], partials + k * H, REDUCE_PARTS, H, 5 * H, stream);
 }
 
-// one thread per N adjacent values of a head vector (K % N == 0: one 16-byte access per operand)
-template <typename T, int N>
-__global__ void output_correction_forward_kernel(T *q_out, const T *q, const T *k, const float *D_log, int rows,
-                                                 int H, int K) {
-    size_t idx = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * N;
-    if (idx >= (size_t)rows * H * K) return;
-    int h = (int)((idx / K) % H);
-    float c = expf(D_log[h]), qv[N], kv[N];
-    load_floats<N>(qv, q + idx);
-    load_floats<N>(kv, k + idx);
-#pragma unroll
-    for (int i = 0; i < N; i++) qv[i] -= c * kv[i];
-    store_floats<N>(q_out + idx, qv);
-}
-
-template <typename T>
-void output_correction_forward_cuda(T *q_out, const T *q, const T *k, const float *D_log, int rows, int H, int K,
-                                    cudaStream_t stream) {
-    constexpr int V = Vec16<T>::n;
-    size_t n = (size_t)rows * H * K;
-    if (K % V == 0 && is_aligned(q_out, 16) && is_aligned(q, 16) && is_aligned(k, 16))
-        output_correction_forward_kernel<T, V><<<ceil_div(n / V, 256), 256, 0, stream>>>(q_out, q, k, D_log, rows, H, K);
-    else
-        output_correction_forward_kernel<T, 1><<<ceil_div(n, 256), 256, 0, stream>>>(q_out, q, k, D_log, rows, H, K);
-    cudaCheck(cudaGetLastError());
-}
-
 // one warp per (row, head): dk update, dq copy (none when dq is dq_out, as in the trainer), and the
 // head's dot product into contrib [rows, H]. A lane moves N adjacent values per access (K a multiple
 // of 32·N): with one bf16 value a lane (64 bytes a warp instruction) the kernel ran at ~55% of a
@@ -184,8 +157,6 @@ void output_correction_backward_cuda(T *dq, T *dk, float *dD_log, void *scratch,
                                              const float *, const float *, const float *, const float *, int,     \
                                              const float *, const float *, const float *, const float *,          \
                                              const float *, int, int, float, float, cudaStream_t);                \
-    template void output_correction_forward_cuda<T>(T *, const T *, const T *, const float *, int, int, int,       \
-                                                    cudaStream_t);                                                \
     template void output_correction_backward_cuda<T>(T *, T *, float *, void *, const T *, const T *, const float *, \
                                                      int, int, int, cudaStream_t);
 INSTANTIATE(float)

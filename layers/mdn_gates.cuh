@@ -26,10 +26,8 @@ void mdn_gates_backward_cuda(T *da, T *db, T *dm, T *de, int dproj_stride, float
                              const float *log_factor, int rows, int H, float inv_tau, float min_log_mu,
                              cudaStream_t stream);
 
-// q_out = q − exp(D_log[h])·k; q, k, q_out [rows, H, K] (q_out may alias q)
-template <typename T>
-void output_correction_forward_cuda(T *q_out, const T *q, const T *k, const float *D_log, int rows, int H, int K,
-                                    cudaStream_t stream);
+// the output correction's forward, q − exp(D_log[h])·k, is fused into the q conv
+// (shortconv_silu_corrected_forward_cuda, conv.cuh)
 // scratch bytes output_correction_backward_cuda needs
 size_t output_correction_backward_scratch_bytes(int rows, int H);
 // dq = dq_out (overwritten; may alias), dk += −exp(D_log)·dq_out, dD_log += −exp(D_log)·<dq_out, k>

@@ -452,7 +452,8 @@ static MdnCudaInputs op_inputs(const GpuModel *m, int l, int B) {
     return in;
 }
 
-// q, k, v = silu(conv(projection)), q corrected (mdn-spec.md §4.1, §4.5), from layer l's projection
+// q, k, v = silu(conv(projection)), q corrected (mdn-spec.md §4.1, §4.5), from layer l's projection:
+// k first, so that the q conv subtracts exp(D_log)·k as it writes q
 template <typename X>
 static void qkv_forward(GpuModel *m, int l, int B, const LayerParams *p) {
     const MdnConfig *c = &m->config;
@@ -460,10 +461,10 @@ static void qkv_forward(GpuModel *m, int l, int B, const LayerParams *p) {
     int H = c->num_heads, K = c->head_dim, V = c->value_dim, W = c->conv_size, T = m->T;
     int HK = H * K, HV = H * V, PQ = 2 * HK + 2 * HV;
     const X *proj = (const X *)a->proj[l];
-    shortconv_silu_forward_cuda<X>((X *)a->q, proj, PQ, p->q_conv, B, T, HK, W, m->stream);
     shortconv_silu_forward_cuda<X>((X *)a->k, proj + HK, PQ, p->k_conv, B, T, HK, W, m->stream);
+    shortconv_silu_corrected_forward_cuda<X>((X *)a->q, proj, PQ, p->q_conv, (const X *)a->k, p->D_log, H, B, T, HK, W,
+                                             m->stream);
     shortconv_silu_forward_cuda<X>((X *)a->v, proj + 2 * HK, PQ, p->v_conv, B, T, HV, W, m->stream);
-    output_correction_forward_cuda<X>((X *)a->q, (const X *)a->q, (const X *)a->k, p->D_log, B * T, H, K, m->stream);
 }
 
 template <typename X>

@@ -205,6 +205,15 @@ template <typename T> static void test_conv(const char *tag, double tol, int bf)
     shortconv_silu_backward_cuda<T>(ddwide + 8, stride, ddw, scratch, ddout, dwide + 8, stride, dwd, B, Tl, C, W, 0);
     char name[96];
     snprintf(name, sizeof name, "shortconv+silu forward (%s)", tag); check(name, from_dev(dy, out.size()), out, tol);
+    // the q conv with the output correction fused: out − exp(D_log[h])·sub over H heads of C / H
+    int H = 3;
+    Vec sub = rand_vec((size_t)rows * C, -1, 1, bf), D_log = rand_vec(H, -2, 0, 0), corrected(out.size());
+    output_correction_forward(corrected.data(), out.data(), sub.data(), D_log.data(), rows, H, C / H);
+    T *dsub = to_dev<T>(sub), *dyc = poisoned<T>(out.size());
+    float *dDl = to_dev<float>(D_log);
+    shortconv_silu_corrected_forward_cuda<T>(dyc, dwide + 8, stride, dwd, dsub, dDl, H, B, Tl, C, W, 0);
+    snprintf(name, sizeof name, "shortconv+silu forward with the output correction (%s)", tag);
+    check(name, from_dev(dyc, out.size()), corrected, tol);
     Vec dx_gpu = slice(from_dev(ddwide, wide.size()), rows, stride, 8, C);
     snprintf(name, sizeof name, "shortconv+silu backward dinp (%s)", tag); check(name, dx_gpu, dx, tol);
     snprintf(name, sizeof name, "shortconv+silu backward dweight (%s)", tag); check(name, from_dev(ddw, dw.size()), dw, 1e-5);
@@ -256,27 +265,25 @@ template <typename T> static void test_gates(const char *tag, double tol, int bf
     snprintf(name, sizeof name, "gates backward parameter gradients (%s)", tag); check(name, from_dev(dpg, 5 * H), pg, 1e-5);
 }
 
-// K 32: one value a lane; K 128: the vector paths (8 bytes a lane in bf16, 16 in float32), with dq
-// written in place over dq_out as the trainer calls it
+// the backward (the forward is fused into the q conv: test_conv). K 32: one value a lane; K 128:
+// the vector paths (8 bytes a lane in bf16, 16 in float32), with dq written in place over dq_out
+// as the trainer calls it
 template <typename T> static void test_output_correction(const char *tag, double tol, int bf, int K) {
     int rows = 90, H = 3;
     bool in_place = K > 32;
     size_t n = (size_t)rows * H * K;
-    Vec q = rand_vec(n, -1, 1, bf), k = rand_vec(n, -1, 1, bf), D_log = rand_vec(H, -2, 0, 0);
+    Vec k = rand_vec(n, -1, 1, bf), D_log = rand_vec(H, -2, 0, 0);
     Vec dq_out = rand_vec(n, -1, 1, bf), dk0 = rand_vec(n, -1, 1, bf), dD0 = rand_vec(H, -1, 1, 0);
-    Vec qo(n), dq(n), dk = dk0, dD = dD0;
-    output_correction_forward(qo.data(), q.data(), k.data(), D_log.data(), rows, H, K);
+    Vec dq(n), dk = dk0, dD = dD0;
     output_correction_backward(dq.data(), dk.data(), dD.data(), dq_out.data(), k.data(), D_log.data(), rows, H, K);
-    T *dq_d = to_dev<T>(q), *dk_d = to_dev<T>(k), *dqo = poisoned<T>(n), *ddq_out = to_dev<T>(dq_out);
+    T *dk_d = to_dev<T>(k), *ddq_out = to_dev<T>(dq_out);
     T *ddq = poisoned<T>(n), *ddk = to_dev<T>(dk0);
     float *dDl = to_dev<float>(D_log), *ddD = to_dev<float>(dD0);
     void *scratch;
     cudaCheck(cudaMalloc(&scratch, output_correction_backward_scratch_bytes(rows, H)));
-    output_correction_forward_cuda<T>(dqo, dq_d, dk_d, dDl, rows, H, K, 0);
     if (in_place) ddq = ddq_out;
     output_correction_backward_cuda<T>(ddq, ddk, ddD, scratch, ddq_out, dk_d, dDl, rows, H, K, 0);
     char name[96];
-    snprintf(name, sizeof name, "output correction forward (%s, K %d)", tag, K); check(name, from_dev(dqo, n), qo, tol);
     snprintf(name, sizeof name, "output correction backward dq (%s, K %d)", tag, K); check(name, from_dev(ddq, n), dq, tol);
     snprintf(name, sizeof name, "output correction backward dk (%s, K %d)", tag, K); check(name, from_dev(ddk, n), dk, tol);
     snprintf(name, sizeof name, "output correction backward dD_log (%s, K %d)", tag, K); check(name, from_dev(ddD, H), dD, 1e-5);
