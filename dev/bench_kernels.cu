@@ -71,7 +71,8 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--seq-len") == 0) T = atoi(argv[++i]);
         else die("%s: unknown flag (usage: bench_kernels --config FILE [--batch-size B] [--seq-len T])", argv[i]);
     }
-    if (config_path == NULL || B <= 0 || T <= 0) die("usage: bench_kernels --config FILE [--batch-size B] [--seq-len T]");
+    if (config_path == NULL || B <= 0 || T <= 0)
+        die("usage: bench_kernels --config FILE [--batch-size B] [--seq-len T]");
     char err[512];
     MdnConfig c;
     if (config_load(&c, config_path, err, sizeof err) != 0) die("%s", err);
@@ -130,7 +131,8 @@ int main(int argc, char **argv) {
     // the gated output norm over B·T·H rows of V, its gate a column slice of proj
     bf16 *o = device_random<bf16>((size_t)BT * HV), *on = device_random<bf16>((size_t)BT * HV);
     float *orstd = device_random<float>((size_t)BT * H), *o_norm = device_random<float>(V);
-    float *do_norm = device_random<float>(V), *norm_scratch = device_random<float>((size_t)REDUCE_PARTS * std::max(D, V));
+    float *do_norm = device_random<float>(V);
+    float *norm_scratch = device_random<float>((size_t)REDUCE_PARTS * std::max(D, V));
     const bf16 *gate = proj + 2 * HK + HV;
     ms = time_ms([&] { gated_rmsnorm_forward_cuda<bf16>(on, orstd, o, gate, o_norm, BT * H, V, H, PQ, eps, 0); });
     report("gated rmsnorm forward", ms, 3.0 * BT * HV * X + (double)BT * H * F);

@@ -4,15 +4,16 @@
 // Forward: a tile of CONV_TILE_FWD steps, unrolled at compile time: the thread issues the loads of
 // all its rows (the tile and its W−1 halo rows, those L1/L2 hits of the tile before) before their
 // first use, then computes from registers. (A 16-step window slid down in a runtime loop spent ~40%
-// of its instructions moving the window: 0.27 -> 0.19 ms for the 400M layer's q, k, v.)
+// of its instructions moving the window: 0.27 -> 0.19 ms for the 400M layer's q, k, v.) For q, the
+// forward also applies the output correction (shortconv_silu_corrected_forward_cuda).
 // Backward, fused into one pass per tile of CONV_TILE_BWD steps: dz = dout·silu'(z) (z recomputed
 // from a W-step window of x) is kept in a second window, dinp[s,c] = sum_i w[c,i]·dz[s+W-1-i, c] is
 // emitted W−1 steps behind, and dw[c,i] = sum_t dz[t,c]·x[t-W+1+i, c] is summed per thread, then
 // over a block's threads in a fixed order into one partial per row block: deterministic, and no
-// float32 dz buffer. x and dout are loaded CONV_PREFETCH steps ahead. (The unrolled form of the
-// forward, with the tile's dz halo recomputed, ran 25-60% slower here: 25 loads and 11 sigmoids per
-// 8 outputs.) Both directions were bound by instructions more than by memory until sigmoidf_ used
-// the fast exponential and division (common/cuda_common.cuh).
+// float32 dz buffer. x and dout are loaded CONV_PREFETCH steps ahead. (The forward's unrolled form,
+// tried here with the tile's dz halo recomputed, ran 25-60% slower: 25 loads and 11 sigmoids per 8
+// outputs.) Both directions were bound by instructions more than by memory until sigmoidf_ used the
+// fast exponential and division (common/cuda_common.cuh).
 #include "conv.cuh"
 
 #include "packed.cuh"

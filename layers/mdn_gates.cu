@@ -140,12 +140,14 @@ void output_correction_backward_cuda(T *dq, T *dk, float *dD_log, void *scratch,
     constexpr int V = Vec16<T>::n;
     bool aligned = is_aligned(dq, 16) && is_aligned(dk, 16) && is_aligned(dq_out, 16) && is_aligned(k, 16);
     if (aligned && K % (32 * V) == 0)
-        output_correction_backward_kernel<T, V><<<blocks, 256, 0, stream>>>(dq, dk, contrib, dq_out, k, D_log, rows, H, K);
+        output_correction_backward_kernel<T, V><<<blocks, 256, 0, stream>>>(dq, dk, contrib, dq_out, k, D_log, rows,
+                                                                            H, K);
     else if (aligned && V >= 4 && K % (32 * (V / 2)) == 0)
         output_correction_backward_kernel<T, V / 2><<<blocks, 256, 0, stream>>>(dq, dk, contrib, dq_out, k, D_log, rows,
                                                                                H, K);
     else
-        output_correction_backward_kernel<T, 1><<<blocks, 256, 0, stream>>>(dq, dk, contrib, dq_out, k, D_log, rows, H, K);
+        output_correction_backward_kernel<T, 1><<<blocks, 256, 0, stream>>>(dq, dk, contrib, dq_out, k, D_log, rows,
+                                                                            H, K);
     cudaCheck(cudaGetLastError());
     column_sum_partials_cuda(partials, contrib, rows, H, stream);
     reduce_partials_add_cuda(dD_log, partials, REDUCE_PARTS, H, stream);

@@ -157,14 +157,14 @@ __device__ void write_row_partials(float *partials, const float *dw_s, int dim) 
 }
 
 template <typename T, int N>
-__global__ void __launch_bounds__(32 * RMS_BWD_WARPS, 2) rmsnorm_backward_kernel(float *dinp, T *dinp_copy, float *partials,
-                                                                             const T *dout, const float *inp,
-                                                                             const float *weight, const float *rstd,
-                                                                             int rows, int dim) {
+__global__ void __launch_bounds__(32 * RMS_BWD_WARPS, 2)
+    rmsnorm_backward_kernel(float *dinp, T *dinp_copy, float *partials, const T *dout, const float *inp,
+                            const float *weight, const float *rstd, int rows, int dim) {
     extern __shared__ float dw_s[];   // [warps][dim]
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     float *dw_row = dw_s + (size_t)warp * dim;
     for (int c = lane; c < dim; c += 32) dw_row[c] = 0.0f;
+    __syncwarp();   // the lanes then add to other lanes' zeroed columns
     int r0, r1;
     part_rows(rows, &r0, &r1);
     for (int row = r0 + warp; row < r1; row += warps) {
@@ -230,11 +230,11 @@ void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, float *dweight, float *scr
                            const float *inp, const float *weight, const float *rstd, int rows, int dim,
                            cudaStream_t stream) {
     if (rows_vectorizable<T>(4, dim, dinp, inp, weight, dout, dinp_copy != NULL ? dinp_copy : dout))
-        launch_backward(rmsnorm_backward_kernel<T, 4>, RMS_BWD_WARPS, dim, stream, dinp, dinp_copy, scratch, dout, inp, weight, rstd,
-                        rows, dim);
+        launch_backward(rmsnorm_backward_kernel<T, 4>, RMS_BWD_WARPS, dim, stream, dinp, dinp_copy, scratch, dout,
+                        inp, weight, rstd, rows, dim);
     else
-        launch_backward(rmsnorm_backward_kernel<T, 1>, RMS_BWD_WARPS, dim, stream, dinp, dinp_copy, scratch, dout, inp, weight, rstd,
-                        rows, dim);
+        launch_backward(rmsnorm_backward_kernel<T, 1>, RMS_BWD_WARPS, dim, stream, dinp, dinp_copy, scratch, dout,
+                        inp, weight, rstd, rows, dim);
     reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
 }
 
@@ -291,15 +291,14 @@ __global__ void gated_rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, 
 }
 
 template <typename T, int N, int CACHE>
-__global__ void __launch_bounds__(32 * GATED_BWD_WARPS) gated_rmsnorm_backward_kernel(T *dinp, T *dgate, float *partials,
-                                                                                const T *dout, const T *inp,
-                                                                                const T *gate, const float *weight,
-                                                                                const float *rstd, int rows, int dim,
-                                                                                int H, int gate_stride) {
+__global__ void __launch_bounds__(32 * GATED_BWD_WARPS)
+    gated_rmsnorm_backward_kernel(T *dinp, T *dgate, float *partials, const T *dout, const T *inp, const T *gate,
+                                  const float *weight, const float *rstd, int rows, int dim, int H, int gate_stride) {
     extern __shared__ float dw_s[];   // [warps][dim]
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     float *dw_row = dw_s + (size_t)warp * dim;
     for (int c = lane; c < dim; c += 32) dw_row[c] = 0.0f;
+    __syncwarp();   // the lanes then add to other lanes' zeroed columns
     int r0, r1;
     part_rows(rows, &r0, &r1);
     for (int row = r0 + warp; row < r1; row += warps) {
@@ -389,14 +388,14 @@ void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, float *dweight, float *scrat
     constexpr int V = Vec16<T>::n;
     if (gated_vectorizable<T>(V, dim, gate_stride, weight, dinp, dgate, dout, inp) && is_aligned(gate, 16)) {
         if (gated_cache<V>(dim) == 1)
-            launch_backward(gated_rmsnorm_backward_kernel<T, V, 1>, GATED_BWD_WARPS, dim, stream, dinp, dgate, scratch, dout, inp, gate,
-                            weight, rstd, rows, dim, H, gate_stride);
+            launch_backward(gated_rmsnorm_backward_kernel<T, V, 1>, GATED_BWD_WARPS, dim, stream, dinp, dgate,
+                            scratch, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
         else
-            launch_backward(gated_rmsnorm_backward_kernel<T, V, 2>, GATED_BWD_WARPS, dim, stream, dinp, dgate, scratch, dout, inp, gate,
-                            weight, rstd, rows, dim, H, gate_stride);
+            launch_backward(gated_rmsnorm_backward_kernel<T, V, 2>, GATED_BWD_WARPS, dim, stream, dinp, dgate,
+                            scratch, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
     } else {
-        launch_backward(gated_rmsnorm_backward_kernel<T, 1, 2>, GATED_BWD_WARPS, dim, stream, dinp, dgate, scratch, dout, inp, gate,
-                        weight, rstd, rows, dim, H, gate_stride);
+        launch_backward(gated_rmsnorm_backward_kernel<T, 1, 2>, GATED_BWD_WARPS, dim, stream, dinp, dgate,
+                        scratch, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
     }
     reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
 }
