@@ -124,11 +124,16 @@ static int backward_warps(int dim, int max_warps) {
     return warps < (size_t)max_warps ? (int)warps : max_warps;
 }
 
-// the rows [r0, r1) of this block's part
-__device__ __forceinline__ void part_rows(int rows, int *r0, int *r1) {
+// the start of both backward kernels: this block's rows [r0, r1) (its part), and the calling warp's
+// dweight row in shared memory, zeroed
+__device__ __forceinline__ float *begin_dweight_rows(float *dw_s, int rows, int dim, int *r0, int *r1) {
     int rows_per_part = ceil_div(rows, gridDim.x);
     *r0 = blockIdx.x * rows_per_part;
     *r1 = min(rows, *r0 + rows_per_part);
+    float *dw_row = dw_s + (size_t)(threadIdx.x / 32) * dim;
+    for (int c = threadIdx.x % 32; c < dim; c += 32) dw_row[c] = 0.0f;
+    __syncwarp();   // the lanes then add to other lanes' zeroed columns
+    return dw_row;
 }
 
 // dw_s[warp][c] += v[k] for the N columns at c (a lane's own columns)
@@ -161,12 +166,8 @@ __global__ void __launch_bounds__(32 * RMS_BWD_WARPS, 2)
     rmsnorm_backward_kernel(float *dinp, T *dinp_copy, float *partials, const T *dout, const float *inp,
                             const float *weight, const float *rstd, int rows, int dim) {
     extern __shared__ float dw_s[];   // [warps][dim]
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    float *dw_row = dw_s + (size_t)warp * dim;
-    for (int c = lane; c < dim; c += 32) dw_row[c] = 0.0f;
-    __syncwarp();   // the lanes then add to other lanes' zeroed columns
-    int r0, r1;
-    part_rows(rows, &r0, &r1);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32, r0, r1;
+    float *dw_row = begin_dweight_rows(dw_s, rows, dim, &r0, &r1);
     for (int row = r0 + warp; row < r1; row += warps) {
         size_t base = (size_t)row * dim;
         float r = rstd[row], dot = 0.0f;
@@ -295,12 +296,8 @@ __global__ void __launch_bounds__(32 * GATED_BWD_WARPS)
     gated_rmsnorm_backward_kernel(T *dinp, T *dgate, float *partials, const T *dout, const T *inp, const T *gate,
                                   const float *weight, const float *rstd, int rows, int dim, int H, int gate_stride) {
     extern __shared__ float dw_s[];   // [warps][dim]
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    float *dw_row = dw_s + (size_t)warp * dim;
-    for (int c = lane; c < dim; c += 32) dw_row[c] = 0.0f;
-    __syncwarp();   // the lanes then add to other lanes' zeroed columns
-    int r0, r1;
-    part_rows(rows, &r0, &r1);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32, r0, r1;
+    float *dw_row = begin_dweight_rows(dw_s, rows, dim, &r0, &r1);
     for (int row = r0 + warp; row < r1; row += warps) {
         size_t base = (size_t)row * dim, gbase = gate_row(row, H, gate_stride, dim);
         float r = rstd[row], dot = 0.0f;
