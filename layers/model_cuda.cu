@@ -180,6 +180,11 @@ static void *carve(Carver *c, size_t bytes) {
 
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
+// rows of the classifier's token block (see carve_acts): its own buffer holds CLASSIFIER_MIN_ROWS;
+// in the op's workspace it takes up to CLASSIFIER_MAX_ROWS
+#define CLASSIFIER_MIN_ROWS 2048
+#define CLASSIFIER_MAX_ROWS 8192
+
 static void carve_acts(GpuModel *m, Carver *c) {
     const MdnConfig *cf = &m->config;
     GpuActs *a = m->acts;
@@ -226,7 +231,6 @@ static void carve_acts(GpuModel *m, Carver *c) {
     a->dabme = carve(c, BT * 4 * H * X);
     a->dgates = (float *)carve(c, 4 * BT * H * 4);
     a->losses = (float *)carve(c, BT * 4);
-    a->logits = carve(c, (size_t)m->block_rows * classifier_logits_ld(N) * X);
     a->tokens = (int *)carve(c, BT * 4);
     a->targets = (int *)carve(c, BT * 4);
     a->norm_partials = (float *)carve(c, (size_t)REDUCE_PARTS * (D > V ? D : V) * 4);
@@ -237,6 +241,23 @@ static void carve_acts(GpuModel *m, Carver *c) {
     a->scratch = carve(c, scratch);
     a->op_workspace_bytes = max_size(mdn_chunk_forward_workspace_size(&shape), mdn_chunk_backward_workspace_size(&shape));
     a->op_workspace = carve(c, a->op_workspace_bytes);
+    // The classifier's logits block lives in the op's workspace where it fits: the classifier runs
+    // between the last layer's forward and the first layer's backward, when no op call needs the
+    // workspace. There the block takes as many rows as the workspace holds, up to
+    // CLASSIFIER_MAX_ROWS: each block re-reads and re-writes the float32 lm_head gradient (206 MB at
+    // 400M), 16 times a 400M step at 2048 rows (~2.2 ms), 4 times at 8192.
+    size_t row_bytes = (size_t)classifier_logits_ld(N) * X;
+    size_t fit_rows = a->op_workspace_bytes / row_bytes;
+    size_t min_rows = BT < CLASSIFIER_MIN_ROWS ? BT : CLASSIFIER_MIN_ROWS;
+    if (fit_rows >= min_rows) {
+        size_t rows = fit_rows < CLASSIFIER_MAX_ROWS ? fit_rows / 256 * 256 : CLASSIFIER_MAX_ROWS;
+        if (rows < min_rows) rows = min_rows;   // still fits: fit_rows >= min_rows
+        m->block_rows = (int)(rows < BT ? rows : BT);
+        a->logits = a->op_workspace;
+    } else {
+        m->block_rows = (int)min_rows;
+        a->logits = carve(c, (size_t)m->block_rows * row_bytes);
+    }
     a->sumsq_partials = (double *)carve(c, REDUCE_PARTS * sizeof(double));
 }
 
@@ -275,7 +296,6 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     m->max_B = B;
     m->T = T;
     m->stream = stream;
-    m->block_rows = B * T < 2048 ? B * T : 2048;
     MdnCudaShape shape = {B, T, config->num_heads, config->head_dim, config->value_dim, config->use_p_times_alpha,
                           use_bf16 ? MDN_DTYPE_BF16 : MDN_DTYPE_F32};
     const char *why = mdn_cuda_check_shape(&shape);
