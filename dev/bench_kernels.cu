@@ -147,23 +147,33 @@ int main(int argc, char **argv) {
     float *dresid = device_random<float>((size_t)BT * D), *rstd = device_random<float>(BT);
     float *norm_w = device_random<float>(D), *dnorm_w = device_random<float>(D);
     bf16 *xn = device_random<bf16>((size_t)BT * D), *delta = device_random<bf16>((size_t)BT * D);
+    bf16 *xn2 = device_random<bf16>((size_t)BT * D);
     bf16 *dres_x = device_random<bf16>((size_t)BT * D);
     ms = time_ms([&] { rmsnorm_forward_cuda<bf16>(xn, rstd, resid, norm_w, BT, D, eps, 0); });
     report("rmsnorm forward", ms, (double)BT * D * (F + X) + (double)BT * F);
     ms = time_ms([&] { residual_rmsnorm_forward_cuda<bf16>(h, xn, rstd, resid, delta, norm_w, BT, D, eps, 0); });
     report("residual add + rmsnorm forward", ms, (double)BT * D * (F + X + F + X) + (double)BT * F);
     ms = time_ms([&] {
-        rmsnorm_backward_cuda<bf16>(dresid, dres_x, dnorm_w, norm_scratch, xn, resid, norm_w, rstd, BT, D, 0);
+        rmsnorm_backward_cuda<bf16>(dresid, dres_x, NULL, dnorm_w, norm_scratch, xn, resid, norm_w, rstd, BT, D, 0);
     });
     report("rmsnorm backward (dresid +=, bf16 copy)", ms, (double)BT * D * (X + F + F + F + X) + (double)BT * F);
+    ms = time_ms([&] {
+        rmsnorm_backward_cuda<bf16>(dresid, dres_x, xn2, dnorm_w, norm_scratch, xn, resid, norm_w, rstd, BT, D, 0);
+    });
+    report("rmsnorm backward (and recompute)", ms, (double)BT * D * (X + F + F + F + X + X) + (double)BT * F);
+    ms = time_ms([&] {
+        residual_rmsnorm_backward_cuda<bf16>(dresid, dres_x, xn2, dnorm_w, norm_scratch, xn, resid, delta, norm_w, BT,
+                                             D, eps, 0);
+    });
+    report("residual + rmsnorm backward (and recompute)", ms, (double)BT * D * (X + F + X + F + F + X + X));
 
     // SwiGLU on the gate|up product
     bf16 *gu = device_random<bf16>((size_t)BT * 2 * I), *dgu = device_random<bf16>((size_t)BT * 2 * I);
-    bf16 *act = device_random<bf16>((size_t)BT * I);
+    bf16 *act = device_random<bf16>((size_t)BT * I), *act2 = device_random<bf16>((size_t)BT * I);
     ms = time_ms([&] { swiglu_forward_cuda<bf16>(act, gu, gu + I, 2 * I, BT, I, 0); });
     report("swiglu forward", ms, 3.0 * BT * I * X);
-    ms = time_ms([&] { swiglu_backward_cuda<bf16>(dgu, dgu + I, act, gu, gu + I, 2 * I, BT, I, 0); });
-    report("swiglu backward", ms, 5.0 * BT * I * X);
+    ms = time_ms([&] { swiglu_backward_cuda<bf16>(dgu, dgu + I, act2, act, gu, gu + I, 2 * I, BT, I, 0); });
+    report("swiglu backward (and recompute)", ms, 6.0 * BT * I * X);
 
     cudaCheck(cudaDeviceSynchronize());
     return 0;

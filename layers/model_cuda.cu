@@ -38,8 +38,9 @@ struct GpuActs {
     void *xf;               // [BT, D] final normed
     float *rstdf;           // [BT]
     // recomputed or per-layer scratch
-    float *h, *rstd2;       // [BT, D], [BT]: after the current block's mixer (the backward recomputes
-                            // it from resid[l] and o_proj: one matmul a layer instead of L fp32 copies)
+    float *h, *rstd2;       // [BT, D], [BT]: after the current block's mixer, the forward's (the
+                            // backward's MLP norm recomputes both from resid[l] and o_proj's output:
+                            // one matmul a layer instead of L fp32 copies)
     void *xn, *q, *k, *v, *on, *hn, *act, *tmpD;
     // backward scratch
     float *dresid;          // [BT, D] float32 gradient of the residual stream
@@ -533,7 +534,7 @@ static void forward_blocks(GpuModel *m, int B) {
         linear_forward_cuda<X, X>((X *)a->gate_up[l], (const X *)a->hn, w_gu, BT, D, 2 * I, s);
         gpu_model_profile_mark(m, "matmul gate|up forward");
         swiglu_forward_cuda<X>((X *)a->act, (const X *)a->gate_up[l], (const X *)a->gate_up[l] + I, 2 * I, BT, I, s);
-        gpu_model_profile_mark(m, "swiglu forward (and recompute)");
+        gpu_model_profile_mark(m, "swiglu forward");
         linear_forward_cuda<X, X>((X *)a->tmpD, (const X *)a->act, w_down, BT, I, D, s);
         gpu_model_profile_mark(m, "matmul down forward");
         // the residual add, fused into the next norm (the next block's, or the final one)
@@ -560,8 +561,8 @@ static void backward_blocks(GpuModel *m, int B) {
     size_t BTH = (size_t)BT * H;
     // the final norm: dxf (in dxn) → dresid
     cudaCheck(cudaMemsetAsync(a->dresid, 0, (size_t)BT * D * sizeof(float), s));
-    rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, m->grads + norm_offset(m), a->norm_partials, (const X *)a->dxn,
-                             a->resid[L], m->params + norm_offset(m), a->rstdf, BT, D, s);
+    rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, NULL, m->grads + norm_offset(m), a->norm_partials,
+                             (const X *)a->dxn, a->resid[L], m->params + norm_offset(m), a->rstdf, BT, D, s);
     gpu_model_profile_mark(m, "rmsnorm backward");
     for (int l = L - 1; l >= 0; l--) {
         LayerParams p = layer_params(m, m->params, l), g = layer_params(m, m->grads, l);
@@ -571,27 +572,31 @@ static void backward_blocks(GpuModel *m, int B) {
         const X *gu = (const X *)a->gate_up[l];
         const X *gate = (const X *)a->proj[l] + 2 * HK + HV;
         // recompute the mixer's output: the gated norm (o_proj's input, kept for its weight
-        // gradient below), o_proj, and the residual stream after the mixer with the MLP's normed
-        // input; the same kernels on the same inputs as the forward, so the same bits
+        // gradient below) and o_proj; the same kernels on the same inputs as the forward, so the
+        // same bits. The MLP norm's backward below adds it to the residual stream again.
         gated_rmsnorm_forward_cuda<X>((X *)a->on, a->orstd[l], (const X *)a->o[l], gate, p.o_norm, BT * H, V, H, PQ, eps, s);
         gpu_model_profile_mark(m, "gated rmsnorm forward (and recompute)");
         linear_forward_cuda<X, X>((X *)a->tmpD, (const X *)a->on, w_o, BT, HV, D, s);
         gpu_model_profile_mark(m, "matmul o_proj forward (and recompute)");
-        residual_rmsnorm_forward_cuda<X>(a->h, (X *)a->hn, a->rstd2, a->resid[l], (const X *)a->tmpD, p.mlp_norm, BT, D,
-                                         eps, s);
-        gpu_model_profile_mark(m, "residual + rmsnorm recompute");
-        // MLP: recompute the SwiGLU product
-        swiglu_forward_cuda<X>((X *)a->act, gu, gu + I, 2 * I, BT, I, s);
-        gpu_model_profile_mark(m, "swiglu forward (and recompute)");
-        linear_backward_cuda<X>((X *)a->dact, g.down, (const X *)a->dres_x, (const X *)a->act, w_down, BT, I, D, 0, s);
+        // MLP. The SwiGLU product (the down projection's input) is recomputed by the SwiGLU backward,
+        // which reads gate|up anyway, so the down projection's input gradient comes first
+        linear_backward_cuda<X>((X *)a->dact, NULL, (const X *)a->dres_x, NULL, w_down, BT, I, D, 0, s);
         gpu_model_profile_mark(m, "matmul down backward");
-        swiglu_backward_cuda<X>((X *)a->dgu, (X *)a->dgu + I, (const X *)a->dact, gu, gu + I, 2 * I, BT, I, s);
-        gpu_model_profile_mark(m, "swiglu backward");
-        linear_backward_cuda<X>((X *)a->dxn, g.gate_up, (const X *)a->dgu, (const X *)a->hn, w_gu, BT, D, 2 * I, 0, s);
+        swiglu_backward_cuda<X>((X *)a->dgu, (X *)a->dgu + I, (X *)a->act, (const X *)a->dact, gu, gu + I, 2 * I, BT,
+                                I, s);
+        gpu_model_profile_mark(m, "swiglu backward (and recompute)");
+        linear_backward_cuda<X>(NULL, g.down, (const X *)a->dres_x, (const X *)a->act, NULL, BT, I, D, 0, s);
+        gpu_model_profile_mark(m, "matmul down backward");
+        linear_backward_cuda<X>((X *)a->dxn, NULL, (const X *)a->dgu, NULL, w_gu, BT, D, 2 * I, 0, s);
         gpu_model_profile_mark(m, "matmul gate|up backward");
-        rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, g.mlp_norm, a->norm_partials, (const X *)a->dxn, a->h,
-                                 p.mlp_norm, a->rstd2, BT, D, s);   // dresid is now dL/dh
-        gpu_model_profile_mark(m, "rmsnorm backward");
+        // the MLP norm's backward recomputes its input h = resid + o_proj's output, rstd and the
+        // normed input (for gate|up's weight gradient) as its forward formed them
+        residual_rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, (X *)a->hn, g.mlp_norm, a->norm_partials,
+                                          (const X *)a->dxn, a->resid[l], (const X *)a->tmpD, p.mlp_norm, BT, D, eps,
+                                          s);   // dresid is now dL/dh
+        gpu_model_profile_mark(m, "rmsnorm backward (and recompute)");
+        linear_backward_cuda<X>(NULL, g.gate_up, (const X *)a->dgu, (const X *)a->hn, NULL, BT, D, 2 * I, 0, s);
+        gpu_model_profile_mark(m, "matmul gate|up backward");
         // mixer
         linear_backward_cuda<X>((X *)a->don, g.o_proj, (const X *)a->dres_x, (const X *)a->on, w_o, BT, HV, D, 0, s);
         gpu_model_profile_mark(m, "matmul o_proj backward");
@@ -626,15 +631,17 @@ static void backward_blocks(GpuModel *m, int B) {
         shortconv_silu_backward_cuda<X>(dproj + 2 * HK, PQ, g.v_conv, a->scratch, (const X *)a->dv, proj + 2 * HK, PQ,
                                         p.v_conv, B, T, HV, W, s);
         gpu_model_profile_mark(m, "conv+silu backward");
-        // the projections all read the normed block input: recompute it, sum their input gradients
-        rmsnorm_forward_cuda<X>((X *)a->xn, a->rstd1[l], a->resid[l], p.attn_norm, BT, D, eps, s);
-        gpu_model_profile_mark(m, "rmsnorm recompute");
-        linear_backward_cuda<X>((X *)a->dxn, g.qkvg, dproj, (const X *)a->xn, w_qkvg, BT, D, PQ, 0, s);
-        linear_backward_cuda<X>((X *)a->dxn, g.abme, dab, (const X *)a->xn, w_abme, BT, D, 4 * H, 1, s);
+        // the projections' input gradients, summed; then the norm's backward, which also recomputes
+        // the normed block input (it reads the block input anyway) for the projections' weight gradients
+        linear_backward_cuda<X>((X *)a->dxn, NULL, dproj, NULL, w_qkvg, BT, D, PQ, 0, s);
+        linear_backward_cuda<X>((X *)a->dxn, NULL, dab, NULL, w_abme, BT, D, 4 * H, 1, s);
         gpu_model_profile_mark(m, "matmul q|k|v|g + gate logits backward");
-        rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, g.attn_norm, a->norm_partials, (const X *)a->dxn,
-                                 a->resid[l], p.attn_norm, a->rstd1[l], BT, D, s);   // dresid is now dL/dx
-        gpu_model_profile_mark(m, "rmsnorm backward");
+        rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, (X *)a->xn, g.attn_norm, a->norm_partials,
+                                 (const X *)a->dxn, a->resid[l], p.attn_norm, a->rstd1[l], BT, D, s);   // dresid is now dL/dx
+        gpu_model_profile_mark(m, "rmsnorm backward (and recompute)");
+        linear_backward_cuda<X>(NULL, g.qkvg, dproj, (const X *)a->xn, NULL, BT, D, PQ, 0, s);
+        linear_backward_cuda<X>(NULL, g.abme, dab, (const X *)a->xn, NULL, BT, D, 4 * H, 0, s);
+        gpu_model_profile_mark(m, "matmul q|k|v|g + gate logits backward");
     }
     embedding_backward_cuda(m->grads + embeddings_offset(m), a->dresid, a->tokens, BT, D, c->vocab_size, a->scratch, s);
     gpu_model_profile_mark(m, "embedding backward");

@@ -161,22 +161,55 @@ __device__ void write_row_partials(float *partials, const float *dw_s, int dim) 
     }
 }
 
-template <typename T, int N>
+// RESID: the input is x = inp + delta, the residual add the forward fused into this norm, and r is
+// recomputed from it (rstd unused): the trainer's backward keeps neither the sum nor r of the MLP
+// norm. Both are formed as the forward forms them (the same chunk order, the same sums): the same bits.
+template <typename T, int N, bool RESID>
 __global__ void __launch_bounds__(32 * RMS_BWD_WARPS, 2)
-    rmsnorm_backward_kernel(float *dinp, T *dinp_copy, float *partials, const T *dout, const float *inp,
-                            const float *weight, const float *rstd, int rows, int dim) {
+    rmsnorm_backward_kernel(float *dinp, T *dinp_copy, T *normed, float *partials, const T *dout, const float *inp,
+                            const T *delta, const float *weight, const float *rstd, float eps, int rows, int dim) {
     extern __shared__ float dw_s[];   // [warps][dim]
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32, r0, r1;
     float *dw_row = begin_dweight_rows(dw_s, rows, dim, &r0, &r1);
     for (int row = r0 + warp; row < r1; row += warps) {
         size_t base = (size_t)row * dim;
-        float r = rstd[row], dot = 0.0f;
+        float r, dot = 0.0f;
         // per chunk: x, and the incoming gradient plus the part of dx that does not depend on dot,
         // part = d + r·w∘dy (two cached values instead of x, w∘dy and d: 32 registers fewer)
         float kx[RMS_CACHE][N], kpart[RMS_CACHE][N];
-        auto load_chunk = [&](int c, float *x, float *part, bool first) {
-            float w[N], dy[N], dw[N];
+        auto load_x = [&](int c, float *x) {
             load_floats<N>(x, inp + base + c);
+            if constexpr (RESID) {
+                float d[N];
+                load_floats<N>(d, delta + base + c);
+#pragma unroll
+                for (int k = 0; k < N; k++) x[k] += d[k];
+            }
+        };
+        if constexpr (RESID) {   // r as the forward: the cached chunks' sums of squares, then the rest
+            float ss = 0.0f;
+#pragma unroll
+            for (int i = 0; i < RMS_CACHE; i++)
+                if ((i * 32 + lane) * N < dim) {
+                    load_x((i * 32 + lane) * N, kx[i]);
+#pragma unroll
+                    for (int k = 0; k < N; k++) ss += kx[i][k] * kx[i][k];
+                }
+            for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
+                float x[N];
+                load_x(c, x);
+#pragma unroll
+                for (int k = 0; k < N; k++) ss += x[k] * x[k];
+            }
+            ss = warp_reduce_sum(ss);
+            r = rsqrtf(ss / dim + eps);
+        } else {
+            r = rstd[row];
+        }
+        // have_x: x is already in registers (RESID's cached chunks)
+        auto load_chunk = [&](int c, float *x, float *part, bool first, bool have_x) {
+            float w[N], dy[N], dw[N];
+            if (!have_x) load_x(c, x);
             load_floats<N>(w, weight + c);
             load_floats<N>(dy, dout + base + c);
             load_floats<N>(part, dinp + base + c);   // loaded with the others: it does not depend on dot
@@ -187,13 +220,19 @@ __global__ void __launch_bounds__(32 * RMS_BWD_WARPS, 2)
                 part[k] += r * (w[k] * dy[k]);
             }
             if (first) add_to_row<N>(dw_row, c, dw);
+            if (first && normed != NULL) {   // the forward's expression: the same bits
+                float y[N];
+#pragma unroll
+                for (int k = 0; k < N; k++) y[k] = x[k] * r * w[k];
+                store_floats<N>(normed + base + c, y);
+            }
         };
 #pragma unroll
         for (int i = 0; i < RMS_CACHE; i++)
-            if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kx[i], kpart[i], true);
+            if ((i * 32 + lane) * N < dim) load_chunk((i * 32 + lane) * N, kx[i], kpart[i], true, RESID);
         for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
             float x[N], part[N];
-            load_chunk(c, x, part, true);
+            load_chunk(c, x, part, true, false);
         }
         dot = warp_reduce_sum(dot) / dim;
         const float rrdot = r * r * dot;
@@ -208,7 +247,7 @@ __global__ void __launch_bounds__(32 * RMS_BWD_WARPS, 2)
             if ((i * 32 + lane) * N < dim) second_pass((i * 32 + lane) * N, kx[i], kpart[i]);
         for (int c = (RMS_CACHE * 32 + lane) * N; c < dim; c += 32 * N) {
             float x[N], part[N];
-            load_chunk(c, x, part, false);
+            load_chunk(c, x, part, false, false);
             second_pass(c, x, part);
         }
     }
@@ -226,16 +265,34 @@ static void launch_backward(Kernel kernel, int max_warps, int dim, cudaStream_t 
     cudaCheck(cudaGetLastError());
 }
 
+template <typename T, bool RESID>
+static void rmsnorm_backward_launch(float *dinp, T *dinp_copy, T *normed, float *scratch, const T *dout,
+                                    const float *inp, const T *delta, const float *weight, const float *rstd,
+                                    float eps, int rows, int dim, cudaStream_t stream) {
+    if (rows_vectorizable<T>(4, dim, dinp, inp, weight, dout, dinp_copy != NULL ? dinp_copy : dout) &&
+        is_aligned(normed, 4 * sizeof(T)) && is_aligned(delta, 4 * sizeof(T)))
+        launch_backward(rmsnorm_backward_kernel<T, 4, RESID>, RMS_BWD_WARPS, dim, stream, dinp, dinp_copy, normed,
+                        scratch, dout, inp, delta, weight, rstd, eps, rows, dim);
+    else
+        launch_backward(rmsnorm_backward_kernel<T, 1, RESID>, RMS_BWD_WARPS, dim, stream, dinp, dinp_copy, normed,
+                        scratch, dout, inp, delta, weight, rstd, eps, rows, dim);
+}
+
 template <typename T>
-void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, float *dweight, float *scratch, const T *dout,
+void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, T *normed, float *dweight, float *scratch, const T *dout,
                            const float *inp, const float *weight, const float *rstd, int rows, int dim,
                            cudaStream_t stream) {
-    if (rows_vectorizable<T>(4, dim, dinp, inp, weight, dout, dinp_copy != NULL ? dinp_copy : dout))
-        launch_backward(rmsnorm_backward_kernel<T, 4>, RMS_BWD_WARPS, dim, stream, dinp, dinp_copy, scratch, dout,
-                        inp, weight, rstd, rows, dim);
-    else
-        launch_backward(rmsnorm_backward_kernel<T, 1>, RMS_BWD_WARPS, dim, stream, dinp, dinp_copy, scratch, dout,
-                        inp, weight, rstd, rows, dim);
+    rmsnorm_backward_launch<T, false>(dinp, dinp_copy, normed, scratch, dout, inp, (const T *)NULL, weight, rstd, 0.0f,
+                                      rows, dim, stream);
+    reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
+}
+
+template <typename T>
+void residual_rmsnorm_backward_cuda(float *dinp, T *dinp_copy, T *normed, float *dweight, float *scratch,
+                                    const T *dout, const float *x, const T *delta, const float *weight, int rows,
+                                    int dim, float eps, cudaStream_t stream) {
+    rmsnorm_backward_launch<T, true>(dinp, dinp_copy, normed, scratch, dout, x, delta, weight, (const float *)NULL, eps,
+                                     rows, dim, stream);
     reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
 }
 
@@ -402,8 +459,10 @@ void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, float *dweight, float *scrat
                                           cudaStream_t);                                                          \
     template void residual_rmsnorm_forward_cuda<T>(float *, T *, float *, const float *, const T *, const float *, \
                                                    int, int, float, cudaStream_t);                                \
-    template void rmsnorm_backward_cuda<T>(float *, T *, float *, float *, const T *, const float *, const float *, \
-                                           const float *, int, int, cudaStream_t);                                \
+    template void rmsnorm_backward_cuda<T>(float *, T *, T *, float *, float *, const T *, const float *,          \
+                                           const float *, const float *, int, int, cudaStream_t);                 \
+    template void residual_rmsnorm_backward_cuda<T>(float *, T *, T *, float *, float *, const T *, const float *, \
+                                                    const T *, const float *, int, int, float, cudaStream_t);     \
     template void gated_rmsnorm_forward_cuda<T>(T *, float *, const T *, const T *, const float *, int, int, int,  \
                                                 int, float, cudaStream_t);                                        \
     template void gated_rmsnorm_backward_cuda<T>(T *, T *, float *, float *, const T *, const T *, const T *,      \

@@ -17,11 +17,20 @@ template <typename T>
 void residual_rmsnorm_forward_cuda(float *sum, T *out, float *rstd, const float *x, const T *delta,
                                    const float *weight, int rows, int dim, float eps, cudaStream_t stream);
 // dinp += the input gradient (the residual stream's gradient); dinp_copy (may be NULL) receives the
-// updated dinp in type T for the matmuls that read it next; dweight += (float32)
+// updated dinp in type T for the matmuls that read it next; normed (may be NULL) receives the
+// forward's output inp·rstd·weight, the same bits as rmsnorm_forward_cuda (the trainer's backward
+// recomputes a normed input here, where inp is read anyway); dweight += (float32)
 template <typename T>
-void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, float *dweight, float *scratch, const T *dout,
+void rmsnorm_backward_cuda(float *dinp, T *dinp_copy, T *normed, float *dweight, float *scratch, const T *dout,
                            const float *inp, const float *weight, const float *rstd, int rows, int dim,
                            cudaStream_t stream);
+// the same for a norm whose forward was residual_rmsnorm_forward_cuda(sum, ., ., x, delta, ...),
+// with neither the sum nor rstd kept: both are recomputed from x and delta (the forward's bits), and
+// normed (may be NULL) receives the forward's output
+template <typename T>
+void residual_rmsnorm_backward_cuda(float *dinp, T *dinp_copy, T *normed, float *dweight, float *scratch,
+                                    const T *dout, const float *x, const T *delta, const float *weight, int rows,
+                                    int dim, float eps, cudaStream_t stream);
 
 // Gated norm over rows = tokens·H head vectors of `dim` values: out = x·rstd·w·σ(gate).
 // inp, out [rows, dim] contiguous; gate row r is at gate + (r / H)·gate_stride + (r % H)·dim, so the

@@ -8,9 +8,10 @@
 // out [rows, dim] contiguous
 template <typename T>
 void swiglu_forward_cuda(T *out, const T *gate, const T *up, int in_stride, int rows, int dim, cudaStream_t stream);
-// dgate, dup overwritten (rows in_stride apart, like gate and up)
+// dgate, dup overwritten (rows in_stride apart, like gate and up); out (may be NULL; [rows, dim]
+// contiguous) receives the forward's product, the same bits as swiglu_forward_cuda
 template <typename T>
-void swiglu_backward_cuda(T *dgate, T *dup, const T *dout, const T *gate, const T *up, int in_stride, int rows,
-                          int dim, cudaStream_t stream);
+void swiglu_backward_cuda(T *dgate, T *dup, T *out, const T *dout, const T *gate, const T *up, int in_stride,
+                          int rows, int dim, cudaStream_t stream);
 
 #endif // MDN_SWIGLU_CUH

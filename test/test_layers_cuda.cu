@@ -157,10 +157,29 @@ template <typename T> static void test_rmsnorm(const char *tag, double tol, int 
     T *dyd2 = poisoned<T>(y.size());
     rmsnorm_forward_cuda<T>(dyd2, drstd, dsum, dwd, rows, dim, 1e-6f, 0);
     snprintf(name, sizeof name, "rmsnorm forward (%s)", tag); check(name, from_dev(dyd2, y.size()), y, tol);
-    rmsnorm_backward_cuda<T>(ddx, ddx_copy, ddw, partials, ddy, dsum, dwd, drstd, rows, dim, 0);
+    // the backward with the forward's output recomputed (the trainer's attention norm), then without
+    float *ddx2 = to_dev<float>(dx0), *ddw2 = to_dev<float>(dw0);
+    T *dnormed = poisoned<T>(y.size()), *ddx_copy2 = poisoned<T>(dx.size());
+    rmsnorm_backward_cuda<T>(ddx, ddx_copy, dnormed, ddw, partials, ddy, dsum, dwd, drstd, rows, dim, 0);
     snprintf(name, sizeof name, "rmsnorm backward dinp (%s)", tag); check(name, from_dev(ddx, dx.size()), dx, 1e-5);
     snprintf(name, sizeof name, "rmsnorm backward dinp copy (%s)", tag); check(name, from_dev(ddx_copy, dx.size()), dx, tol);
     snprintf(name, sizeof name, "rmsnorm backward dweight (%s)", tag); check(name, from_dev(ddw, dim), dw, 1e-5);
+    snprintf(name, sizeof name, "rmsnorm backward's recompute == forward (%s)", tag);
+    check(name, from_dev(dnormed, y.size()), from_dev(dyd2, y.size()), 0.0);
+    rmsnorm_backward_cuda<T>(ddx2, ddx_copy2, NULL, ddw2, partials, ddy, dsum, dwd, drstd, rows, dim, 0);
+    snprintf(name, sizeof name, "rmsnorm backward without recompute: same dinp, dweight (%s)", tag);
+    check(name, from_dev(ddx2, dx.size()), from_dev(ddx, dx.size()), 0.0);
+    check(name, from_dev(ddw2, dim), from_dev(ddw, dim), 0.0);
+    // the residual form: sum and rstd recomputed from x and delta, the same bits as from the kept ones
+    float *ddx3 = to_dev<float>(dx0), *ddw3 = to_dev<float>(dw0);
+    T *dnormed3 = poisoned<T>(y.size()), *ddx_copy3 = poisoned<T>(dx.size());
+    residual_rmsnorm_backward_cuda<T>(ddx3, ddx_copy3, dnormed3, ddw3, partials, ddy, dxd, ddelta, dwd, rows, dim, 1e-6f, 0);
+    snprintf(name, sizeof name, "residual rmsnorm backward == rmsnorm backward (%s)", tag);
+    check(name, from_dev(ddx3, dx.size()), from_dev(ddx, dx.size()), 0.0);
+    check(name, from_dev(ddx_copy3, dx.size()), from_dev(ddx_copy, dx.size()), 0.0);
+    check(name, from_dev(ddw3, dim), from_dev(ddw, dim), 0.0);
+    snprintf(name, sizeof name, "residual rmsnorm backward's recompute == forward (%s)", tag);
+    check(name, from_dev(dnormed3, y.size()), from_dev(dyd, y.size()), 0.0);
 }
 
 // dim 64 fits the kernels' register-kept chunks; 576 also takes their reload path (rmsnorm.cu)
@@ -298,13 +317,19 @@ template <typename T> static void test_swiglu(const char *tag, double tol, int b
     swiglu_forward(out.data(), gate.data(), up.data(), (long)n);
     swiglu_backward(dgate.data(), dup.data(), dout.data(), gate.data(), up.data(), (long)n);
     T *dgu = to_dev<T>(gu), *dy = poisoned<T>(n), *ddout = to_dev<T>(dout), *ddgu = poisoned<T>(gu.size());
+    T *ddgu2 = poisoned<T>(gu.size()), *dy2 = poisoned<T>(n);
     swiglu_forward_cuda<T>(dy, dgu, dgu + dim, 2 * dim, rows, dim, 0);
-    swiglu_backward_cuda<T>(ddgu, ddgu + dim, ddout, dgu, dgu + dim, 2 * dim, rows, dim, 0);
-    Vec dgu_h = from_dev(ddgu, gu.size());
+    swiglu_backward_cuda<T>(ddgu, ddgu + dim, NULL, ddout, dgu, dgu + dim, 2 * dim, rows, dim, 0);
+    // with the forward's product recomputed: the same gradients, and the forward's bits
+    swiglu_backward_cuda<T>(ddgu2, ddgu2 + dim, dy2, ddout, dgu, dgu + dim, 2 * dim, rows, dim, 0);
+    Vec dgu_h = from_dev(ddgu, gu.size()), y_h = from_dev(dy, n);
     char name[96];
-    snprintf(name, sizeof name, "swiglu forward (%s)", tag); check(name, from_dev(dy, n), out, tol);
+    snprintf(name, sizeof name, "swiglu forward (%s)", tag); check(name, y_h, out, tol);
     snprintf(name, sizeof name, "swiglu backward dgate (%s)", tag); check(name, slice(dgu_h, rows, 2 * dim, 0, dim), dgate, tol);
     snprintf(name, sizeof name, "swiglu backward dup (%s)", tag); check(name, slice(dgu_h, rows, 2 * dim, dim, dim), dup, tol);
+    snprintf(name, sizeof name, "swiglu backward's recompute == forward (%s)", tag); check(name, from_dev(dy2, n), y_h, 0.0);
+    snprintf(name, sizeof name, "swiglu backward with recompute, dgate|dup (%s)", tag);
+    check(name, from_dev(ddgu2, gu.size()), dgu_h, 0.0);
 }
 
 // the fused classifier against CPU linear + cross-entropy (which also checks crossentropy_*_cuda)
