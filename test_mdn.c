@@ -45,12 +45,13 @@ static double rel_error(const real *ours, const float *ref, size_t n) {
 #ifdef MDN_CUDA
 // One forward and backward on the GPU; the loss is returned and the logits and gradients are left
 // in the CPU model's buffers (m->logits, m->grads), so the comparisons below serve both devices.
-static real cuda_forward_backward(Model *m, const int *inputs, const int *targets, int B, int T, int use_bf16) {
+static real cuda_forward_backward(Model *m, const int *inputs, const int *targets, int B, int T, int use_bf16,
+                                  int recompute) {
     int num_devices = 0;
     if (cudaGetDeviceCount(&num_devices) != cudaSuccess || num_devices == 0) die("--device cuda: no CUDA device found");
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
-    GpuModel *g = gpu_model_build(&m->config, B, T, use_bf16, stream);
+    GpuModel *g = gpu_model_build(&m->config, B, T, use_bf16, recompute, stream);
     gpu_model_set_params(g, m->params);
     size_t nlogits = (size_t)B * T * m->config.vocab_size;
     cudaCheck(cudaMalloc((void **)&g->logits_out, nlogits * sizeof(float)));
@@ -67,7 +68,8 @@ static real cuda_forward_backward(Model *m, const int *inputs, const int *target
 #endif
 
 static void usage(void) {
-    fprintf(stderr, "usage: test_mdn --model DIR --state FILE [--device cpu|cuda] [--dtype f32|bf16] [--out FILE]\n");
+    fprintf(stderr, "usage: test_mdn --model DIR --state FILE [--device cpu|cuda] [--dtype f32|bf16] [--recompute 1|2]\n"
+                    "                [--out FILE]\n");
     exit(EXIT_FAILURE);
 }
 
@@ -106,6 +108,7 @@ static void write_state(const char *path, const Model *m, const int32_t *ids, co
 
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *state_path = NULL, *device = "cpu", *out_path = NULL, *dtype = "f32";
+    const char *recompute = "2";   // the GPU model's (model_cuda.cuh)
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) usage();
         if (strcmp(argv[i], "--model") == 0) model_dir = argv[++i];
@@ -113,11 +116,14 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--device") == 0) device = argv[++i];
         else if (strcmp(argv[i], "--out") == 0) out_path = argv[++i];
         else if (strcmp(argv[i], "--dtype") == 0) dtype = argv[++i];
+        else if (strcmp(argv[i], "--recompute") == 0) recompute = argv[++i];
         else usage();
     }
     if (model_dir == NULL || state_path == NULL) usage();
     if (strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0) die("--device: expected cpu or cuda, not \"%s\"", device);
     if (strcmp(dtype, "f32") != 0 && strcmp(dtype, "bf16") != 0) die("--dtype: expected f32 or bf16, not \"%s\"", dtype);
+    if (strcmp(recompute, "1") != 0 && strcmp(recompute, "2") != 0)
+        die("--recompute: expected 1 or 2, not \"%s\"", recompute);
     int use_cuda = strcmp(device, "cuda") == 0, use_bf16 = strcmp(dtype, "bf16") == 0;
     if (use_bf16 && !use_cuda) die("--dtype bf16: only with --device cuda (the CPU model is float32)");
 #ifndef MDN_CUDA
@@ -156,7 +162,7 @@ int main(int argc, char **argv) {
     real loss;
 #ifdef MDN_CUDA
     if (use_cuda)
-        loss = cuda_forward_backward(m, inputs, targets, B, T, use_bf16);
+        loss = cuda_forward_backward(m, inputs, targets, B, T, use_bf16, atoi(recompute));
     else
 #endif
         loss = model_forward(m, inputs, targets, B, T);

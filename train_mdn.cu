@@ -252,7 +252,7 @@ int main(int argc, char **argv) {
                                       config.vocab_size, err, sizeof err) != 0;
     comm_exit_if_any_failed(&comm, data_failed, err);
 
-    GpuModel *gm = gpu_model_build(&config, B, T, strcmp(args.dtype, "bf16") == 0, stream);
+    GpuModel *gm = gpu_model_build(&config, B, T, strcmp(args.dtype, "bf16") == 0, args.recompute, stream);
     gpu_model_alloc_optimizer(gm, args.no_decay_set, comm.rank, world);
     if (rank0)
         printf("params: %zu (this rank updates [%zu, %zu)), %s activations %.2f GiB\n", gm->num_params, gm->shard_begin,

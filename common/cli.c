@@ -62,6 +62,9 @@ static const Option OPTIONS[] = {
     {"dry-run", OPT_SWITCH, FIELD(dry_run), NULL, 0, 1, 0, "print the model summary (params: N) and exit"},
     {"dtype", OPT_STRING, FIELD(dtype), "bf16", 0, 0, 0,
      "train_mdn's activations and matmuls: bf16 or f32 (train_mdn_cpu is float32 and ignores it)"},
+    {"recompute", OPT_INT, FIELD(recompute), "2", 1, 2, 0,
+     "train_mdn: 2 recomputes each block's mixer output in the backward; 1 keeps it (batch x seq-len x hidden "
+     "activations a layer more memory, faster) (train_mdn_cpu ignores it)"},
 };
 #define NUM_OPTIONS ((int)(sizeof(OPTIONS) / sizeof(OPTIONS[0])))
 

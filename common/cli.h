@@ -44,6 +44,9 @@ typedef struct {
     const char *dtype;               // --dtype: train_mdn's activation precision, "bf16" or "f32" (float32
                                      // everywhere: the multi-GPU equality tests); train_mdn_cpu computes in
                                      // float32 whatever it says (accepted so that both take the same flags)
+    int recompute;                   // --recompute: train_mdn's activation plan (model_cuda.cuh: 2 recomputes
+                                     // each block's mixer output in the backward, 1 keeps it); the CPU
+                                     // trainer accepts and ignores it
 } TrainArgs;
 
 // Parse argv into args (defaults first). Returns 0 on success, 1 if --help was given (usage already

@@ -130,6 +130,7 @@ int main(int argc, char **argv) {
 
     // the gated output norm over B·T·H rows of V, its gate a column slice of proj
     bf16 *o = device_random<bf16>((size_t)BT * HV), *on = device_random<bf16>((size_t)BT * HV);
+    bf16 *on2 = device_random<bf16>((size_t)BT * HV);
     float *orstd = device_random<float>((size_t)BT * H), *o_norm = device_random<float>(V);
     float *do_norm = device_random<float>(V);
     float *norm_scratch = device_random<float>((size_t)REDUCE_PARTS * std::max(D, V));
@@ -137,10 +138,15 @@ int main(int argc, char **argv) {
     ms = time_ms([&] { gated_rmsnorm_forward_cuda<bf16>(on, orstd, o, gate, o_norm, BT * H, V, H, PQ, eps, 0); });
     report("gated rmsnorm forward", ms, 3.0 * BT * HV * X + (double)BT * H * F);
     ms = time_ms([&] {
-        gated_rmsnorm_backward_cuda<bf16>(o, dproj + 2 * HK + HV, do_norm, norm_scratch, on, o, gate, o_norm, orstd,
-                                          BT * H, V, H, PQ, 0);
+        gated_rmsnorm_backward_cuda<bf16>(o, dproj + 2 * HK + HV, NULL, do_norm, norm_scratch, on, o, gate, o_norm,
+                                          orstd, BT * H, V, H, PQ, 0);
     });
     report("gated rmsnorm backward", ms, 5.0 * BT * HV * X + (double)BT * H * F);
+    ms = time_ms([&] {
+        gated_rmsnorm_backward_cuda<bf16>(o, dproj + 2 * HK + HV, on2, do_norm, norm_scratch, on, o, gate, o_norm,
+                                          orstd, BT * H, V, H, PQ, 0);
+    });
+    report("gated rmsnorm backward (and recompute)", ms, 6.0 * BT * HV * X + (double)BT * H * F);
 
     // the residual stream's norms (float32 stream, bf16 normed output)
     float *resid = device_random<float>((size_t)BT * D), *h = device_random<float>((size_t)BT * D);

@@ -1,5 +1,6 @@
 // bench_train: one GPU training step of a model config at a batch shape, timed.
-//   dev/bench_train --config FILE --batch-size B --seq-len T [--steps N] [--profile]
+//   dev/bench_train --config FILE --batch-size B --seq-len T [--steps N] [--recompute 1|2] [--profile]
+// (--recompute: train_mdn's flag, 2 by default)
 // Prints tokens/s, MFU (model FLOPs per token = 6·N_nonembedding + the MDN op's chunked arithmetic,
 // forward + backward = 3× forward, against the GPU's dense bf16 peak: 989 TFLOP/s for H100/H200),
 // peak device memory (the allocations of the model, optimizer and activations, and what the device
@@ -36,9 +37,11 @@ static float *random_params(const MdnConfig *config) {
     return params;
 }
 
+#define USAGE "bench_train --config FILE --batch-size B --seq-len T [--steps N] [--recompute 1|2] [--profile]"
+
 int main(int argc, char **argv) {
     const char *config_path = NULL;
-    int B = 8, T = 4096, steps = 5, profile = 0;
+    int B = 8, T = 4096, steps = 5, profile = 0, recompute = 2;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--profile") == 0) { profile = 1; continue; }
         if (i + 1 >= argc) die("%s: missing value", argv[i]);
@@ -46,9 +49,11 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--batch-size") == 0) B = atoi(argv[++i]);
         else if (strcmp(argv[i], "--seq-len") == 0) T = atoi(argv[++i]);
         else if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[++i]);
-        else die("%s: unknown flag (usage: bench_train --config FILE --batch-size B --seq-len T [--steps N] [--profile])", argv[i]);
+        else if (strcmp(argv[i], "--recompute") == 0) recompute = atoi(argv[++i]);
+        else die("%s: unknown flag (usage: %s)", argv[i], USAGE);
     }
-    if (config_path == NULL || B <= 0 || T <= 0 || steps <= 0) die("usage: bench_train --config FILE --batch-size B --seq-len T [--steps N] [--profile]");
+    if (config_path == NULL || B <= 0 || T <= 0 || steps <= 0 || (recompute != 1 && recompute != 2))
+        die("usage: %s", USAGE);
     char err[512];
     MdnConfig config;
     if (config_load(&config, config_path, err, sizeof err) != 0) die("%s", err);
@@ -57,7 +62,7 @@ int main(int argc, char **argv) {
     cudaCheck(cudaStreamCreate(&stream));
     size_t free0, total;
     cudaCheck(cudaMemGetInfo(&free0, &total));
-    GpuModel *m = gpu_model_build(&config, B, T, 1, stream);
+    GpuModel *m = gpu_model_build(&config, B, T, 1, recompute, stream);
     gpu_model_alloc_optimizer(m, 0, 0, 1);
     float *params = random_params(&config);
     gpu_model_set_params(m, params);

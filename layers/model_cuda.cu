@@ -35,6 +35,7 @@ struct GpuActs {
     void **op_saved;        // [L]: the op forward's per-chunk results its backward reuses (mdn_cuda.cuh)
     float **orstd;          // [L][BT*H]
     void **gate_up;         // [L][BT, 2I]
+    void **mixer_out;       // [L][BT, D]: o_proj's output (recompute 1), else NULL
     void *xf;               // [BT, D] final normed
     float *rstdf;           // [BT]
     // recomputed or per-layer scratch
@@ -204,6 +205,7 @@ static void carve_acts(GpuModel *m, Carver *c) {
         a->orstd[l] = (float *)carve(c, BT * H * 4);
         a->gate_up[l] = carve(c, BT * 2 * I * X);
         a->op_saved[l] = carve(c, mdn_chunk_saved_size(&shape));
+        a->mixer_out[l] = m->recompute == 1 ? carve(c, BT * D * X) : NULL;
     }
     a->h = (float *)carve(c, BT * D * 4);
     a->rstd2 = (float *)carve(c, BT * 4);
@@ -285,7 +287,7 @@ static void free_flat_vectors(GpuModel *m) {
     if (m->use_bf16) cudaCheck(cudaFree(m->params_x));
 }
 
-GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, cudaStream_t stream) {
+GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, int recompute, cudaStream_t stream) {
     if (!config->use_short_conv || !config->use_gate || !config->use_output_correction ||
         config->tie_word_embeddings)
         die("model_cuda: the GPU model needs use_short_conv, use_gate, use_output_correction true and "
@@ -294,6 +296,8 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     GpuModel *m = (GpuModel *)xcalloc(1, sizeof(GpuModel));
     m->config = *config;
     m->use_bf16 = use_bf16;
+    if (recompute != 1 && recompute != 2) die("model_cuda: recompute must be 1 or 2, got %d", recompute);
+    m->recompute = recompute;
     m->max_B = B;
     m->T = T;
     m->stream = stream;
@@ -316,6 +320,7 @@ GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, c
     a->orstd = (float **)xcalloc((size_t)L, sizeof(float *));
     a->gate_up = (void **)xcalloc((size_t)L, sizeof(void *));
     a->op_saved = (void **)xcalloc((size_t)L, sizeof(void *));
+    a->mixer_out = (void **)xcalloc((size_t)L, sizeof(void *));
     Carver count = {NULL, 0};
     carve_acts(m, &count);
     m->acts_bytes = count.used;
@@ -382,7 +387,7 @@ void gpu_model_free(GpuModel *m) {
     cudaCheck(cudaFreeHost(a->host_tokens));
     cudaCheck(cudaFreeHost(a->host_losses));
     free(a->resid); free(a->rstd1); free(a->proj); free(a->abme);
-    free(a->gates); free(a->o); free(a->orstd); free(a->gate_up); free(a->op_saved);
+    free(a->gates); free(a->o); free(a->orstd); free(a->gate_up); free(a->op_saved); free(a->mixer_out);
     free(a);
     free(m->tensors);
     free(m);
@@ -525,10 +530,11 @@ static void forward_blocks(GpuModel *m, int B) {
         const X *gate = (const X *)a->proj[l] + 2 * HK + HV;
         gated_rmsnorm_forward_cuda<X>((X *)a->on, a->orstd[l], (const X *)a->o[l], gate, p.o_norm, BT * H, V, H, PQ, eps, s);
         gpu_model_profile_mark(m, "gated rmsnorm forward (and recompute)");
-        linear_forward_cuda<X, X>((X *)a->tmpD, (const X *)a->on, w_o, BT, HV, D, s);
+        X *mixer_out = m->recompute == 1 ? (X *)a->mixer_out[l] : (X *)a->tmpD;
+        linear_forward_cuda<X, X>(mixer_out, (const X *)a->on, w_o, BT, HV, D, s);
         gpu_model_profile_mark(m, "matmul o_proj forward");
-        residual_rmsnorm_forward_cuda<X>(a->h, (X *)a->hn, a->rstd2, a->resid[l], (const X *)a->tmpD, p.mlp_norm,
-                                         BT, D, eps, s);
+        residual_rmsnorm_forward_cuda<X>(a->h, (X *)a->hn, a->rstd2, a->resid[l], mixer_out, p.mlp_norm, BT, D, eps,
+                                         s);
         gpu_model_profile_mark(m, "residual + rmsnorm forward");
         // MLP
         linear_forward_cuda<X, X>((X *)a->gate_up[l], (const X *)a->hn, w_gu, BT, D, 2 * I, s);
@@ -571,13 +577,19 @@ static void backward_blocks(GpuModel *m, int B) {
         const X *w_down = wx + (p.down - m->params);
         const X *gu = (const X *)a->gate_up[l];
         const X *gate = (const X *)a->proj[l] + 2 * HK + HV;
-        // recompute the mixer's output: the gated norm (o_proj's input, kept for its weight
-        // gradient below) and o_proj; the same kernels on the same inputs as the forward, so the
-        // same bits. The MLP norm's backward below adds it to the residual stream again.
-        gated_rmsnorm_forward_cuda<X>((X *)a->on, a->orstd[l], (const X *)a->o[l], gate, p.o_norm, BT * H, V, H, PQ, eps, s);
-        gpu_model_profile_mark(m, "gated rmsnorm forward (and recompute)");
-        linear_forward_cuda<X, X>((X *)a->tmpD, (const X *)a->on, w_o, BT, HV, D, s);
-        gpu_model_profile_mark(m, "matmul o_proj forward (and recompute)");
+        // the mixer's output: kept by the forward (recompute 1), or recomputed here: the gated norm
+        // (o_proj's input, also for its weight gradient below) and o_proj, the same kernels on the
+        // same inputs as the forward, so the same bits. The MLP norm's backward below adds it to the
+        // residual stream again.
+        const X *mixer_out = (const X *)a->mixer_out[l];
+        if (m->recompute == 2) {
+            gated_rmsnorm_forward_cuda<X>((X *)a->on, a->orstd[l], (const X *)a->o[l], gate, p.o_norm, BT * H, V, H,
+                                          PQ, eps, s);
+            gpu_model_profile_mark(m, "gated rmsnorm forward (and recompute)");
+            linear_forward_cuda<X, X>((X *)a->tmpD, (const X *)a->on, w_o, BT, HV, D, s);
+            gpu_model_profile_mark(m, "matmul o_proj forward (and recompute)");
+            mixer_out = (const X *)a->tmpD;
+        }
         // MLP. The SwiGLU product (the down projection's input) is recomputed by the SwiGLU backward,
         // which reads gate|up anyway, so the down projection's input gradient comes first
         linear_backward_cuda<X>((X *)a->dact, NULL, (const X *)a->dres_x, NULL, w_down, BT, I, D, 0, s);
@@ -592,18 +604,22 @@ static void backward_blocks(GpuModel *m, int B) {
         // the MLP norm's backward recomputes its input h = resid + o_proj's output, rstd and the
         // normed input (for gate|up's weight gradient) as its forward formed them
         residual_rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, (X *)a->hn, g.mlp_norm, a->norm_partials,
-                                          (const X *)a->dxn, a->resid[l], (const X *)a->tmpD, p.mlp_norm, BT, D, eps,
+                                          (const X *)a->dxn, a->resid[l], mixer_out, p.mlp_norm, BT, D, eps,
                                           s);   // dresid is now dL/dh
         gpu_model_profile_mark(m, "rmsnorm backward (and recompute)");
         linear_backward_cuda<X>(NULL, g.gate_up, (const X *)a->dgu, (const X *)a->hn, NULL, BT, D, 2 * I, 0, s);
         gpu_model_profile_mark(m, "matmul gate|up backward");
-        // mixer
-        linear_backward_cuda<X>((X *)a->don, g.o_proj, (const X *)a->dres_x, (const X *)a->on, w_o, BT, HV, D, 0, s);
+        // mixer: o_proj's input gradient, the gated norm's backward (with recompute 1 it also forms
+        // the norm's output, o_proj's input, here), then o_proj's weight gradient
+        linear_backward_cuda<X>((X *)a->don, NULL, (const X *)a->dres_x, NULL, w_o, BT, HV, D, 0, s);
         gpu_model_profile_mark(m, "matmul o_proj backward");
         X *dproj = (X *)a->dproj;
-        gated_rmsnorm_backward_cuda<X>((X *)a->d_o, dproj + 2 * HK + HV, g.o_norm, a->norm_partials, (const X *)a->don,
-                                       (const X *)a->o[l], gate, p.o_norm, a->orstd[l], BT * H, V, H, PQ, s);
+        gated_rmsnorm_backward_cuda<X>((X *)a->d_o, dproj + 2 * HK + HV, m->recompute == 1 ? (X *)a->on : NULL,
+                                       g.o_norm, a->norm_partials, (const X *)a->don, (const X *)a->o[l], gate,
+                                       p.o_norm, a->orstd[l], BT * H, V, H, PQ, s);
         gpu_model_profile_mark(m, "gated rmsnorm backward");
+        linear_backward_cuda<X>(NULL, g.o_proj, (const X *)a->dres_x, (const X *)a->on, NULL, BT, HV, D, 0, s);
+        gpu_model_profile_mark(m, "matmul o_proj backward");
         // the op, from recomputed q, k, v
         qkv_forward<X>(m, l, B, &p);
         gpu_model_profile_mark(m, "conv+silu, output correction (fwd and recompute)");

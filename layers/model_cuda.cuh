@@ -52,6 +52,9 @@ typedef struct GpuActs GpuActs;
 typedef struct {
     MdnConfig config;
     int use_bf16;               // activation type: 1 bf16, 0 float32
+    int recompute;              // 2: the backward recomputes each block's mixer output (o_proj's, and
+                                // the gated norm's before it); 1: the forward keeps o_proj's output
+                                // per layer (B·T·hidden activation values a layer more memory)
     int max_B, T;               // built for up to max_B rows of exactly T tokens
     int num_tensors;
     GpuParamTensor *tensors;
@@ -84,7 +87,8 @@ typedef struct {
 
 // Allocates everything but the optimizer state. Dies with a message on an unsupported config
 // (the GPU model needs the paper's switches: short conv, gate, output correction, untied head).
-GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, cudaStream_t stream);
+// recompute: 1 or 2 (see the field).
+GpuModel *gpu_model_build(const MdnConfig *config, int B, int T, int use_bf16, int recompute, cudaStream_t stream);
 void gpu_model_free(GpuModel *m);
 // The optimizer of rank `rank` of world_size (1: the whole vector): m and v for its slice (zeroed),
 // the decay segments (no_decay_set: the six gate tensors and the norms not decayed, as train_mdn_cpu).

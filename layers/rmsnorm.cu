@@ -350,8 +350,9 @@ __global__ void gated_rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, 
 
 template <typename T, int N, int CACHE>
 __global__ void __launch_bounds__(32 * GATED_BWD_WARPS)
-    gated_rmsnorm_backward_kernel(T *dinp, T *dgate, float *partials, const T *dout, const T *inp, const T *gate,
-                                  const float *weight, const float *rstd, int rows, int dim, int H, int gate_stride) {
+    gated_rmsnorm_backward_kernel(T *dinp, T *dgate, T *normed, float *partials, const T *dout, const T *inp,
+                                  const T *gate, const float *weight, const float *rstd, int rows, int dim, int H,
+                                  int gate_stride) {
     extern __shared__ float dw_s[];   // [warps][dim]
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32, r0, r1;
     float *dw_row = begin_dweight_rows(dw_s, rows, dim, &r0, &r1);
@@ -367,7 +368,7 @@ __global__ void __launch_bounds__(32 * GATED_BWD_WARPS)
             load_floats<N>(g, gate + gbase + c);
             load_floats<N>(w, weight + c);
             load_floats<N>(dy, dout + base + c);
-            float dg[N], dw[N];
+            float dg[N], dw[N], y[N];
 #pragma unroll
             for (int k = 0; k < N; k++) {
                 float s = sigmoidf_(g[k]), xhat = x[k] * r;
@@ -375,10 +376,12 @@ __global__ void __launch_bounds__(32 * GATED_BWD_WARPS)
                 dg[k] = dw[k] * w[k] * (1.0f - s);
                 if (first) dot += dw[k] * w[k];
                 wdys[k] = w[k] * dy[k] * s;
+                y[k] = xhat * w[k] * s;   // the forward's expression: the same bits
             }
             if (first) {
                 store_floats<N>(dgate + gbase + c, dg);
                 add_to_row<N>(dw_row, c, dw);
+                if (normed != NULL) store_floats<N>(normed + base + c, y);
             }
         };
 #pragma unroll
@@ -436,19 +439,20 @@ void gated_rmsnorm_forward_cuda(T *out, float *rstd, const T *inp, const T *gate
 }
 
 template <typename T>
-void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, float *dweight, float *scratch, const T *dout, const T *inp,
-                                 const T *gate, const float *weight, const float *rstd, int rows, int dim, int H,
-                                 int gate_stride, cudaStream_t stream) {
+void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, T *normed, float *dweight, float *scratch, const T *dout,
+                                 const T *inp, const T *gate, const float *weight, const float *rstd, int rows,
+                                 int dim, int H, int gate_stride, cudaStream_t stream) {
     constexpr int V = Vec16<T>::n;
-    if (gated_vectorizable<T>(V, dim, gate_stride, weight, dinp, dgate, dout, inp) && is_aligned(gate, 16)) {
+    if (gated_vectorizable<T>(V, dim, gate_stride, weight, dinp, dgate, dout, inp) && is_aligned(gate, 16) &&
+        is_aligned(normed, 16)) {
         if (gated_cache<V>(dim) == 1)
-            launch_backward(gated_rmsnorm_backward_kernel<T, V, 1>, GATED_BWD_WARPS, dim, stream, dinp, dgate,
+            launch_backward(gated_rmsnorm_backward_kernel<T, V, 1>, GATED_BWD_WARPS, dim, stream, dinp, dgate, normed,
                             scratch, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
         else
-            launch_backward(gated_rmsnorm_backward_kernel<T, V, 2>, GATED_BWD_WARPS, dim, stream, dinp, dgate,
+            launch_backward(gated_rmsnorm_backward_kernel<T, V, 2>, GATED_BWD_WARPS, dim, stream, dinp, dgate, normed,
                             scratch, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
     } else {
-        launch_backward(gated_rmsnorm_backward_kernel<T, 1, 2>, GATED_BWD_WARPS, dim, stream, dinp, dgate,
+        launch_backward(gated_rmsnorm_backward_kernel<T, 1, 2>, GATED_BWD_WARPS, dim, stream, dinp, dgate, normed,
                         scratch, dout, inp, gate, weight, rstd, rows, dim, H, gate_stride);
     }
     reduce_partials_add_cuda(dweight, scratch, REDUCE_PARTS, dim, stream);
@@ -465,7 +469,7 @@ void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, float *dweight, float *scrat
                                                     const T *, const float *, int, int, float, cudaStream_t);     \
     template void gated_rmsnorm_forward_cuda<T>(T *, float *, const T *, const T *, const float *, int, int, int,  \
                                                 int, float, cudaStream_t);                                        \
-    template void gated_rmsnorm_backward_cuda<T>(T *, T *, float *, float *, const T *, const T *, const T *,      \
+    template void gated_rmsnorm_backward_cuda<T>(T *, T *, T *, float *, float *, const T *, const T *, const T *, \
                                                  const float *, const float *, int, int, int, int, cudaStream_t);
 INSTANTIATE(float)
 INSTANTIATE(bf16)

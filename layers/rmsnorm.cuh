@@ -38,10 +38,11 @@ void residual_rmsnorm_backward_cuda(float *dinp, T *dinp_copy, T *normed, float 
 template <typename T>
 void gated_rmsnorm_forward_cuda(T *out, float *rstd, const T *inp, const T *gate, const float *weight,
                                 int rows, int dim, int H, int gate_stride, float eps, cudaStream_t stream);
-// dinp overwritten; dgate overwritten (same addressing as gate); dweight += (float32)
+// dinp overwritten; dgate overwritten (same addressing as gate); normed (may be NULL) receives the
+// forward's output, the same bits as gated_rmsnorm_forward_cuda; dweight += (float32)
 template <typename T>
-void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, float *dweight, float *scratch, const T *dout, const T *inp,
-                                 const T *gate, const float *weight, const float *rstd, int rows, int dim, int H,
-                                 int gate_stride, cudaStream_t stream);
+void gated_rmsnorm_backward_cuda(T *dinp, T *dgate, T *normed, float *dweight, float *scratch, const T *dout,
+                                 const T *inp, const T *gate, const float *weight, const float *rstd, int rows,
+                                 int dim, int H, int gate_stride, cudaStream_t stream);
 
 #endif // MDN_RMSNORM_CUH

@@ -2358,6 +2358,29 @@ cudaError_t mdn_chunk_forward_cuda(const MdnCudaShape *shape, const MdnCudaInput
     return prepare_and_state<float>(p, in, prep, true, (char *)workspace, false, (float *)o, S_final, M_final, stream);
 }
 
+// A second stream of the current device and two events, made on first use, for the backward's
+// two independent state passes (backward_impl).
+struct SideStream {
+    cudaStream_t stream = nullptr;
+    cudaEvent_t fork = nullptr, join = nullptr;
+};
+static cudaError_t side_stream(SideStream **out) {
+    static SideStream sides[64];
+    int dev = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err != cudaSuccess) return err;
+    if (dev < 0 || dev >= 64) return cudaErrorInvalidDevice;
+    SideStream *s = &sides[dev];
+    if (s->stream == nullptr) {
+        if ((err = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking)) != cudaSuccess ||
+            (err = cudaEventCreateWithFlags(&s->fork, cudaEventDisableTiming)) != cudaSuccess ||
+            (err = cudaEventCreateWithFlags(&s->join, cudaEventDisableTiming)) != cudaSuccess)
+            return err;
+    }
+    *out = s;
+    return cudaSuccess;
+}
+
 template <typename T>
 static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T *d_o, const float *dS_final,
                                  const float *dM_final, MdnCudaGrads *gr, const void *saved, char *ws,
@@ -2368,8 +2391,22 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
     if (prof) prof->mark(stream, "start");
     // the prepare results: the forward's (saved), else recomputed into the workspace
     char *prep = saved ? (char *)saved : ws;
-    cudaError_t err = prepare_and_state<T>(p, in, prep, saved == nullptr, ws, true, nullptr, nullptr, nullptr, stream, prof);
+    // The recompute pass (each chunk's X0 and U, for the state gradients) and the reverse pass read
+    // the same inputs and write separate workspace regions. With the forward's prepare results at
+    // hand the recompute runs on a second stream beside the reverse pass: the reverse pass's CTAs
+    // take 1.45 rounds of the SMs at the 400M shape, and the recompute's fill the last round's
+    // room. Profiling (per-kernel times) keeps them in order on one stream.
+    SideStream *side = nullptr;
+    cudaError_t err;
+    if (saved != nullptr && prof == nullptr) {
+        if ((err = side_stream(&side)) != cudaSuccess || (err = cudaEventRecord(side->fork, stream)) != cudaSuccess ||
+            (err = cudaStreamWaitEvent(side->stream, side->fork, 0)) != cudaSuccess)
+            return err;
+    }
+    err = prepare_and_state<T>(p, in, prep, saved == nullptr, ws, true, nullptr, nullptr, nullptr,
+                               side ? side->stream : stream, prof);
     if (err != cudaSuccess) return err;
+    if (side && (err = cudaEventRecord(side->join, side->stream)) != cudaSuccess) return err;
     if (prof) prof->mark(stream, "recompute");
     const unsigned nbhc = (unsigned)(d.B * d.H * d.NC);
     const float *vec = (const float *)(prep + p.vec);
@@ -2395,6 +2432,7 @@ static cudaError_t backward_impl(const Plan &p, const MdnCudaInputs *in, const T
                  (const T *)in->q, (const T *)in->k, d_o, dS_final, dM_final, vec, tinv, qkg, G, (float *)(ws + p.dx),
                  gr->dS0, gr->dM0);
     if (err != cudaSuccess) return err;
+    if (side && (err = cudaStreamWaitEvent(stream, side->join, 0)) != cudaSuccess) return err;
     if (prof) prof->mark(stream, "reverse");
     GradSmem<T> gs;
     const size_t gsmem = carve_grad<T>(gs, nullptr, p.KT, p.Vc);

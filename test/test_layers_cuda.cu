@@ -197,14 +197,25 @@ template <typename T> static void test_gated_rmsnorm(const char *tag, double tol
     float *dwd = to_dev<float>(w), *drstd = poisoned<float>(rows), *ddw = to_dev<float>(dw0);
     float *partials = poisoned<float>((size_t)REDUCE_PARTS * dim);
     gated_rmsnorm_forward_cuda<T>(dyd, drstd, dxd, dwide + 16, dwd, rows, dim, H, stride, 1e-6f, 0);
-    gated_rmsnorm_backward_cuda<T>(ddx, ddwide + 16, ddw, partials, ddy, dxd, dwide + 16, dwd, drstd, rows, dim, H,
-                                   stride, 0);
+    gated_rmsnorm_backward_cuda<T>(ddx, ddwide + 16, NULL, ddw, partials, ddy, dxd, dwide + 16, dwd, drstd, rows, dim,
+                                   H, stride, 0);
     char name[96];
     snprintf(name, sizeof name, "gated rmsnorm forward (%s)", tag); check(name, from_dev(dyd, y.size()), y, tol);
     snprintf(name, sizeof name, "gated rmsnorm backward dinp (%s)", tag); check(name, from_dev(ddx, dx.size()), dx, tol);
     Vec dgate_gpu = slice(from_dev(ddwide, wide.size()), tokens, stride, 16, H * dim);
     snprintf(name, sizeof name, "gated rmsnorm backward dgate (%s)", tag); check(name, dgate_gpu, dgate, tol);
     snprintf(name, sizeof name, "gated rmsnorm backward dweight (%s)", tag); check(name, from_dev(ddw, dim), dw, 1e-5);
+    // with the forward's output recomputed (the trainer's --recompute 1): that output's bits, the same gradients
+    T *ddx2 = poisoned<T>(dx.size()), *ddwide2 = poisoned<T>(wide.size()), *dnormed = poisoned<T>(y.size());
+    float *ddw2 = to_dev<float>(dw0);
+    gated_rmsnorm_backward_cuda<T>(ddx2, ddwide2 + 16, dnormed, ddw2, partials, ddy, dxd, dwide + 16, dwd, drstd, rows,
+                                   dim, H, stride, 0);
+    snprintf(name, sizeof name, "gated rmsnorm backward's recompute == forward (%s)", tag);
+    check(name, from_dev(dnormed, y.size()), from_dev(dyd, y.size()), 0.0);
+    snprintf(name, sizeof name, "gated rmsnorm backward with recompute: same gradients (%s)", tag);
+    check(name, from_dev(ddx2, dx.size()), from_dev(ddx, dx.size()), 0.0);
+    check(name, slice(from_dev(ddwide2, wide.size()), tokens, stride, 16, H * dim), dgate_gpu, 0.0);
+    check(name, from_dev(ddw2, dim), from_dev(ddw, dim), 0.0);
 }
 
 template <typename T> static void test_conv(const char *tag, double tol, int bf) {
