@@ -1,30 +1,19 @@
 // embedding.cu: embedding_forward_cuda / embedding_backward_cuda (see embedding.cuh).
 #include "embedding.cuh"
 
-#include "packed.cuh"
-
 #include <cub/device/device_radix_sort.cuh>
 
-// one row per block, N values per access (4: 16-byte float32 stores) where the shapes allow; one value
-// per access made it ~5x slower than a copy of its bytes at 400M
-template <typename T, int N>
+template <typename T>
 __global__ void embedding_forward_kernel(float *out, const int *ids, const T *table, int n, int dim) {
     int row = blockIdx.x;
     const T *src = table + (size_t)ids[row] * dim;
     float *dst = out + (size_t)row * dim;
-    for (int c = threadIdx.x * N; c < dim; c += blockDim.x * N) {
-        float v[N];
-        load_floats<N>(v, src + c);
-        store_floats<N>(dst + c, v);
-    }
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) dst[c] = to_float(src[c]);
 }
 
 template <typename T>
 void embedding_forward_cuda(float *out, const int *ids, const T *table, int n, int dim, cudaStream_t stream) {
-    if (dim % 4 == 0 && is_aligned(out, 16) && is_aligned(table, 4 * sizeof(T)))
-        embedding_forward_kernel<T, 4><<<n, 256, 0, stream>>>(out, ids, table, n, dim);
-    else
-        embedding_forward_kernel<T, 1><<<n, 256, 0, stream>>>(out, ids, table, n, dim);
+    embedding_forward_kernel<<<n, 256, 0, stream>>>(out, ids, table, n, dim);
     cudaCheck(cudaGetLastError());
 }
 

@@ -112,9 +112,8 @@ template <typename T> static void test_linear(const char *tag, double tol, int b
     snprintf(name, sizeof name, "linear backward dweight (%s)", tag); check(name, from_dev(ddw, dw.size()), dw, tol);
 }
 
-// dim 64 takes the forward's 16-byte path, 66 its one-value path
-template <typename T> static void test_embedding(const char *tag, double tol, int bf, int dim) {
-    int vocab = 50, n = 300;
+template <typename T> static void test_embedding(const char *tag, double tol, int bf) {
+    int vocab = 50, n = 300, dim = 64;
     Vec table = rand_vec((size_t)vocab * dim, -1, 1, bf), dout = rand_vec((size_t)n * dim, -1, 1, 0);
     Vec dtable0 = rand_vec((size_t)vocab * dim, -1, 1, 0), dtable = dtable0, out((size_t)n * dim);
     std::vector<int> ids(n);
@@ -131,9 +130,8 @@ template <typename T> static void test_embedding(const char *tag, double tol, in
     embedding_forward_cuda<T>(dy, dids, dtab, n, dim, 0);
     embedding_backward_cuda(ddt, dout_d, dids, n, dim, vocab, scratch, 0);
     char name[96];
-    snprintf(name, sizeof name, "embedding forward (%s, dim %d)", tag, dim); check(name, from_dev(dy, out.size()), out, tol);
-    snprintf(name, sizeof name, "embedding backward (%s, dim %d)", tag, dim);
-    check(name, from_dev(ddt, dtable.size()), dtable, 1e-5);
+    snprintf(name, sizeof name, "embedding forward (%s)", tag); check(name, from_dev(dy, out.size()), out, tol);
+    snprintf(name, sizeof name, "embedding backward (%s)", tag); check(name, from_dev(ddt, dtable.size()), dtable, 1e-5);
 }
 
 // dim 192 fits the kernels' register-kept chunks; 1216 also takes their reload path (rmsnorm.cu)
@@ -433,10 +431,8 @@ int main(int argc, char **argv) {
     printf("device: %s\n", cuda_device_props()->name);
     test_linear<float>("f32", 1e-5, 0);
     test_linear<bf16>("bf16", 2e-2, 1);
-    for (int dim : {64, 66}) {
-        test_embedding<float>("f32", 1e-6, 0, dim);
-        test_embedding<bf16>("bf16", 1e-6, 1, dim);
-    }
+    test_embedding<float>("f32", 1e-6, 0);
+    test_embedding<bf16>("bf16", 1e-6, 1);
     for (int dim : {192, 1216}) {
         test_rmsnorm<float>(dim == 192 ? "f32" : "f32, wide rows", 1e-5, 0, dim);
         test_rmsnorm<bf16>(dim == 192 ? "bf16" : "bf16, wide rows", 2e-2, 1, dim);
