@@ -653,7 +653,8 @@ static void backward_blocks(GpuModel *m, int B) {
         linear_backward_cuda<X>((X *)a->dxn, NULL, dab, NULL, w_abme, BT, D, 4 * H, 1, s);
         gpu_model_profile_mark(m, "matmul q|k|v|g + gate logits backward");
         rmsnorm_backward_cuda<X>(a->dresid, (X *)a->dres_x, (X *)a->xn, g.attn_norm, a->norm_partials,
-                                 (const X *)a->dxn, a->resid[l], p.attn_norm, a->rstd1[l], BT, D, s);   // dresid is now dL/dx
+                                 (const X *)a->dxn, a->resid[l], p.attn_norm, a->rstd1[l], BT, D,
+                                 s);   // dresid is now dL/dx
         gpu_model_profile_mark(m, "rmsnorm backward (and recompute)");
         linear_backward_cuda<X>(NULL, g.qkvg, dproj, (const X *)a->xn, NULL, BT, D, PQ, 0, s);
         linear_backward_cuda<X>(NULL, g.abme, dab, (const X *)a->xn, NULL, BT, D, 4 * H, 0, s);

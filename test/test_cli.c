@@ -61,8 +61,10 @@ int main(void) {
     EXPECT(parse(&args, err, sizeof(err), "--config", "c", "--dtype", "f32") == 0 && strcmp(args.dtype, "f32") == 0, "--dtype f32");
     expect_error("--config", "c", "--recompute", "3", "--recompute: must be");
     expect_error("--config", "c", "--recompute", "0", "--recompute: must be");
-    EXPECT(parse(&args, err, sizeof(err), "--config", "c", NULL, NULL) == 0 && args.recompute == 2, "--recompute default");
-    EXPECT(parse(&args, err, sizeof(err), "--config", "c", "--recompute", "1") == 0 && args.recompute == 1, "--recompute 1");
+    EXPECT(parse(&args, err, sizeof(err), "--config", "c", NULL, NULL) == 0 && args.recompute == 2,
+           "--recompute default");
+    EXPECT(parse(&args, err, sizeof(err), "--config", "c", "--recompute", "1") == 0 && args.recompute == 1,
+           "--recompute 1");
 
     // the JSON saved in checkpoints parses and holds the values
     EXPECT(parse(&args, err, sizeof(err), "--config", "dir/\"q\".json", "--lr", "0.001") == 0, "%s", err);

@@ -173,7 +173,8 @@ template <typename T> static void test_rmsnorm(const char *tag, double tol, int 
     // the residual form: sum and rstd recomputed from x and delta, the same bits as from the kept ones
     float *ddx3 = to_dev<float>(dx0), *ddw3 = to_dev<float>(dw0);
     T *dnormed3 = poisoned<T>(y.size()), *ddx_copy3 = poisoned<T>(dx.size());
-    residual_rmsnorm_backward_cuda<T>(ddx3, ddx_copy3, dnormed3, ddw3, partials, ddy, dxd, ddelta, dwd, rows, dim, 1e-6f, 0);
+    residual_rmsnorm_backward_cuda<T>(ddx3, ddx_copy3, dnormed3, ddw3, partials, ddy, dxd, ddelta, dwd, rows, dim,
+                                      1e-6f, 0);
     snprintf(name, sizeof name, "residual rmsnorm backward == rmsnorm backward (%s)", tag);
     check(name, from_dev(ddx3, dx.size()), from_dev(ddx, dx.size()), 0.0);
     check(name, from_dev(ddx_copy3, dx.size()), from_dev(ddx_copy, dx.size()), 0.0);
@@ -338,7 +339,8 @@ template <typename T> static void test_swiglu(const char *tag, double tol, int b
     snprintf(name, sizeof name, "swiglu forward (%s)", tag); check(name, y_h, out, tol);
     snprintf(name, sizeof name, "swiglu backward dgate (%s)", tag); check(name, slice(dgu_h, rows, 2 * dim, 0, dim), dgate, tol);
     snprintf(name, sizeof name, "swiglu backward dup (%s)", tag); check(name, slice(dgu_h, rows, 2 * dim, dim, dim), dup, tol);
-    snprintf(name, sizeof name, "swiglu backward's recompute == forward (%s)", tag); check(name, from_dev(dy2, n), y_h, 0.0);
+    snprintf(name, sizeof name, "swiglu backward's recompute == forward (%s)", tag);
+    check(name, from_dev(dy2, n), y_h, 0.0);
     snprintf(name, sizeof name, "swiglu backward with recompute, dgate|dup (%s)", tag);
     check(name, from_dev(ddgu2, gu.size()), dgu_h, 0.0);
 }
