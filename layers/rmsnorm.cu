@@ -163,7 +163,9 @@ __device__ void write_row_partials(float *partials, const float *dw_s, int dim) 
 
 // RESID: the input is x = inp + delta, the residual add the forward fused into this norm, and r is
 // recomputed from it (rstd unused): the trainer's backward keeps neither the sum nor r of the MLP
-// norm. Both are formed as the forward forms them (the same chunk order, the same sums): the same bits.
+// norm. Both are formed as the forward forms them (the same chunk order, the same sums): the same bits,
+// when both kernels take the same vector width (4 wherever the rows allow 16-byte accesses, as the
+// trainer's do; test_layers_cuda checks the bits).
 template <typename T, int N, bool RESID>
 __global__ void __launch_bounds__(32 * RMS_BWD_WARPS, 2)
     rmsnorm_backward_kernel(float *dinp, T *dinp_copy, T *normed, float *partials, const T *dout, const float *inp,
