@@ -533,17 +533,20 @@ template <typename T> __host__ __device__ size_t carve_prep(PrepSmem<T> &s, char
     return cv.off;
 }
 
-// raw rows -> rq, rk (inverse norms) and the normalised rows Qh = qbar (scaled), Kh = khat. The raw
-// rows come in by cp.async (all in flight at once; a warp reading its rows from global memory,
-// twice, was a quarter of the prepare kernel's time, ncu), then each warp normalises its rows in place.
+// The chunk's raw q and k rows into Qh and Kh by cp.async, all in flight at once (a warp reading
+// its rows from global memory, twice, was a quarter of the prepare kernel's time, ncu). Issued
+// before the gate coefficients are formed, so that their latency overlaps chunk_coef.
 template <typename T>
-__device__ void load_normalised(const Dims &d, const T *q, const T *k, int b, int h, int t0, float *rq, float *rk,
-                                T *Qh, T *Kh, int ldk) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+__device__ void issue_qk_rows(const Dims &d, const T *q, const T *k, int b, int h, int t0, T *Qh, T *Kh, int ldk) {
     const size_t base = (((size_t)b * d.T + t0) * d.H + h) * d.K, stride = (size_t)d.H * d.K;
     const int rows_valid = min(CH, d.T - t0);   // the padding rows are zero: norm factor 1e3, values 0
     async_rows(Qh, ldk, q + base, stride, CH, d.K, rows_valid);
     async_rows(Kh, ldk, k + base, stride, CH, d.K, rows_valid);
+}
+// once issue_qk_rows' copies land: rq, rk (inverse norms) and the normalised rows Qh = qbar
+// (scaled), Kh = khat, each warp its rows, in place
+template <typename T> __device__ void normalise_qk_rows(const Dims &d, float *rq, float *rk, T *Qh, T *Kh, int ldk) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
     cp_async_wait_all();
     __syncthreads();
     for (int r = warp; r < CH; r += nwarps) {
@@ -634,8 +637,9 @@ __global__ void __launch_bounds__(PREPARE_THREADS, 2)
     const int t0 = n * CH, tid = threadIdx.x, ldk = d.K + pad_of<T>();
     constexpr bool MMA = UseMma<T>::value;
 
+    issue_qk_rows(d, q, k, b, h, t0, s.Qh, s.Kh, ldk);
     chunk_coef(c, d, b, h, t0, log_alpha, log_mu, beta, eta);
-    load_normalised(d, q, k, b, h, t0, s.rq, s.rk, s.Qh, s.Kh, ldk);
+    normalise_qk_rows(d, s.rq, s.rk, s.Qh, s.Kh, ldk);
     __syncthreads();
     // KK = Khat Khat^T into Ea's space, QK = Qbar Khat^T into Em's space (both free now)
     float *KK = c.Ea, *QK = c.Em;
@@ -1745,6 +1749,7 @@ template <typename T> struct ChunkBwdSmem {
     Coef c;
     float *QK, *KK, *F1, *F2, *dG;                          // [CH][LDL]
     float *rq, *rk, *qs, *da, *db, *dm, *dgv, *dhv, *dA, *dC, *dbeta, *dlad, *deta;   // [CH]
+    float *rowsum, *endsum;                                 // [NRP][CH], [3]: the state-grads sums
     T *Khs, *Qhs;                                           // [CH][KS+pad]
     // bf16 only: six [CH][CH+8] operand copies for the ldmatrix products. During the gate-gradient
     // products the splits of dGamma, Em and Ea o beta (hi, lo each); in the K-slice loop F1, F2
@@ -1758,6 +1763,8 @@ template <typename T> __host__ __device__ size_t carve_chunk_bwd(ChunkBwdSmem<T>
     for (int i = 0; i < 5; i++) *mats[i] = cv.take<float>(CH * LDL);
     float **vecs[] = {&s.rq, &s.rk, &s.qs, &s.da, &s.db, &s.dm, &s.dgv, &s.dhv, &s.dA, &s.dC, &s.dbeta, &s.dlad, &s.deta};
     for (int i = 0; i < 13; i++) *vecs[i] = cv.take<float>(CH);
+    s.rowsum = cv.take<float>(NRP * CH);
+    s.endsum = cv.take<float>(3);
     s.Khs = cv.take<T>((size_t)CH * (KS + pad_of<T>()));
     s.Qhs = cv.take<T>((size_t)CH * (KS + pad_of<T>()));
     for (int i = 0; i < 6; i++) s.Ob[i] = UseMma<T>::value ? cv.take<bf16>((size_t)CH * (CH + 8)) : nullptr;
@@ -1784,62 +1791,76 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     float *QK = s.QK, *KK = s.KK, *F1 = s.F1, *F2 = s.F2, *dG = s.dG;
     const float *G = c.G, *Ea = c.Ea, *Em = c.Em;
 
-    // F1, F2 (the state-grads kernel's L x L products) arrive while the gate coefficients are formed
+    const T *Khs = s.Khs, *Qhs = s.Qhs;
+    const int rows_valid = min(CH, d.T - t0);
+    const size_t qkbase = (((size_t)b * d.T + t0) * d.H + h) * K;
+    // columns k0.. of khat and qbar: the raw rows by cp.async (issue_slice), then, once they have
+    // landed, scaled in place (finish_slice: it begins with a barrier and ends without one)
+    auto issue_slice = [&](int k0) {
+        async_rows(s.Khs, lds, k + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid);
+        async_rows(s.Qhs, lds, q + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid);
+    };
+    auto finish_slice = [&]() {
+        cp_async_wait_all();
+        __syncthreads();
+        scale_rows(s.Khs, lds, CH, KS, s.rk);
+        scale_rows(s.Qhs, lds, CH, KS, s.qs);
+    };
+
+    // What the CTA reads before its first product is requested before the gate coefficients are
+    // formed, so that one memory latency overlaps chunk_coef: F1, F2 (the state-grads kernel's
+    // L x L products) and the first K slice by cp.async; the row vectors; the state-grads kernel's
+    // row partial sums and end-of-chunk dot products, summed over its key tiles (a thread per row
+    // and kind: these were 60 loads a thread on 64 threads).
     const float *Fi = F + (size_t)bhc * 2 * CH * CH;
     for (int e = tid; e < CH * CH; e += blockDim.x) {
         const int i = e / CH, j = e % CH;
         cp_async4(F1 + i * LDL + j, Fi + e);
         cp_async4(F2 + i * LDL + j, Fi + CH * CH + e);
     }
-    chunk_coef(c, d, b, h, t0, log_alpha, log_mu, beta, eta);
+    issue_slice(0);
     const float *vi = vec + (size_t)bhc * NVEC * CH;
     if (tid < CH) {
-        const int i = tid;
-        s.rq[i] = vi[VEC_RQ * CH + i];
-        s.rk[i] = vi[VEC_RK * CH + i];
-        s.qs[i] = vi[VEC_RQ * CH + i] * d.qscale;
-        float rp[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, rn[NRP] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        float sss = 0.f, ssm = 0.f, smm = 0.f;
+        s.rq[tid] = vi[VEC_RQ * CH + tid];
+        s.rk[tid] = vi[VEC_RK * CH + tid];
+        s.qs[tid] = vi[VEC_RQ * CH + tid] * d.qscale;
+    }
+    static_assert(NRP * CH + 3 <= CHUNK_BWD_THREADS, "a thread for each row sum");
+    if (tid < NRP * CH) {
+        const int j = tid / CH, i = tid % CH;
+        float sum = 0.f;
 #pragma unroll 4
-        for (int kt = 0; kt < nKt; kt++) {
-            for (int j = 0; j < NRP; j++) {
-                rp[j] += rowp[(((size_t)bhc * nKt + kt) * NRP + j) * CH + i];
-                if (i + 1 < CH) rn[j] += rowp[(((size_t)bhc * nKt + kt) * NRP + j) * CH + i + 1];
-            }
-            sss += scal[((size_t)bhc * nKt + kt) * 3 + 0];
-            ssm += scal[((size_t)bhc * nKt + kt) * 3 + 1];
-            smm += scal[((size_t)bhc * nKt + kt) * 3 + 2];
-        }
+        for (int kt = 0; kt < nKt; kt++) sum += rowp[(((size_t)bhc * nKt + kt) * NRP + j) * CH + i];
+        s.rowsum[j * CH + i] = sum;
+    } else if (tid < NRP * CH + 3) {
+        const int j = tid - NRP * CH;
+        float sum = 0.f;
+        for (int kt = 0; kt < nKt; kt++) sum += scal[((size_t)bhc * nKt + kt) * 3 + j];
+        s.endsum[j] = sum;
+    }
+    chunk_coef(c, d, b, h, t0, log_alpha, log_mu, beta, eta);   // ends with a barrier
+    if (tid < CH) {
+        const int i = tid;
+        const float *rs = s.rowsum;
         const bool last = i == CH - 1;
         // a_prev[i+1] = a[i], b_prev[i+1] = b[i]; the end-of-chunk state terms land on row L-1
-        s.da[i] = rp[RP_DA] + rn[RP_DAP] + (last ? sss : 0.f);
-        s.db[i] = rp[RP_DB] + rn[RP_DBP] - (last ? ssm : 0.f);
-        s.dm[i] = last ? smm : 0.f;
-        s.dgv[i] = rp[RP_DG];
-        s.dhv[i] = rp[RP_DH];
+        const float dap_next = last ? 0.f : rs[RP_DAP * CH + i + 1], dbp_next = last ? 0.f : rs[RP_DBP * CH + i + 1];
+        s.da[i] = rs[RP_DA * CH + i] + dap_next + (last ? s.endsum[0] : 0.f);
+        s.db[i] = rs[RP_DB * CH + i] + dbp_next - (last ? s.endsum[1] : 0.f);
+        s.dm[i] = last ? s.endsum[2] : 0.f;
+        s.dgv[i] = rs[RP_DG * CH + i];
+        s.dhv[i] = rs[RP_DH * CH + i];
     }
     for (int e = tid; e < CH * CH; e += blockDim.x) {
         const int i = e / CH, j = e % CH;
         QK[i * LDL + j] = 0.f;
         KK[i * LDL + j] = 0.f;
     }
-    cp_async_wait_all();   // F1, F2
-    __syncthreads();
-    // QK = Qbar Khat^T, KK = Khat Khat^T, accumulated over K slices
-    const T *Khs = s.Khs, *Qhs = s.Qhs;
-    const int rows_valid = min(CH, d.T - t0);
-    const size_t qkbase = (((size_t)b * d.T + t0) * d.H + h) * K;
-    // columns k0.. of khat and qbar (raw rows by cp.async, then scaled in place); ends before a barrier
-    auto load_slice = [&](int k0) {
-        async_rows(s.Khs, lds, k + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid);
-        async_rows(s.Qhs, lds, q + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid);
-        cp_async_wait_all();
-        __syncthreads();
-        scale_rows(s.Khs, lds, CH, KS, s.rk);
-        scale_rows(s.Qhs, lds, CH, KS, s.qs);
-    };
+    // QK = Qbar Khat^T, KK = Khat Khat^T, accumulated over K slices (the first finish_slice also
+    // waits for F1, F2)
     for (int k0 = 0; k0 < K; k0 += KS) {
-        load_slice(k0);
+        if (k0 > 0) issue_slice(k0);
+        finish_slice();
         __syncthreads();
         auto add_qk = [=](int i, int j, float v) { QK[i * LDL + j] += v; };
         auto add_kk = [=](int i, int j, float v) { KK[i * LDL + j] += v; };
@@ -1969,11 +1990,18 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     }
     __syncthreads();
     // K slices: dqbar = dQst + Dq (eta o khat); dkappa = dKst + Dq^T qbar + Dp^T (pa o khat);
-    // dp = dPst + Dp (eta o khat). Then dkhat = eta dkappa + pa dp, dqhat = K^-1/2 dqbar.
+    // dp = dPst + Dp (eta o khat). Then dkhat = eta dkappa + pa dp, dqhat = K^-1/2 dqbar, and the
+    // L2-norm backward dx = r (dy - <dy, y> y), which needs whole rows' dot products.
     // The combine and the L2-norm backward run a warp per row (lanes along the row: every global
     // access coalesced) over the warp's ROWS_PER_WARP rows, with all the rows' loads issued before
     // their first use: one memory latency per column step instead of one per row (a 4-thread
     // row layout spent ~40% of this kernel waiting on global loads, at 1 CTA per SM).
+    // With K <= 2L (whole rows) the products' outputs for every key column fit in the six L x L
+    // float32 matrices free by now (QK, KK, dG for the first slice, Ea, Em, Gamma for the second):
+    // the combine then runs once per row after the products, keeping dqhat and dkhat in registers
+    // for the L2-norm backward. Wider K combines slice by slice and takes dqhat and dkhat through
+    // the workspace (dQst, dKst, in place). The slices run last to first: the last one is still in
+    // Khs, Qhs from the QK loop.
     constexpr int ROWS_PER_WARP = CH / (CHUNK_BWD_THREADS / 32);
     const int warp = tid >> 5, lane = tid & 31, row0 = warp * ROWS_PER_WARP;
     // row i of the chunk: its q/k/dq/dk row and its workspace row (dQst, dKst, dPst)
@@ -1981,8 +2009,35 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     auto ws_row = [&](int i) { return ((size_t)bhc * CH + i) * K; };
     // per row: <dkappa, khat>, <dp, khat>, <dqhat, qhat>, <dkhat, khat> (lane partials)
     float dots[ROWS_PER_WARP][4] = {};
-    float *O1 = QK, *O2 = KK, *O3 = dG;   // [CH][LDL] hold [CH][KS] slices (KS <= CH)
     const float *et = c.et;
+    // one key column of row r (chunk row i): the three sums above, then dqhat and dkhat
+    auto combine = [&](int r, int i, float qraw, float kraw, float dqs, float dks, float dps, float o1, float o2,
+                       float o3, float &dqh, float &dkh) {
+        const float qh = qraw * s.rq[i], kh = kraw * s.rk[i];
+        const float dqbar = dqs + o1, dkap = dks + o2, dp = dps + o3;
+        dots[r][0] = fmaf(dkap, kh, dots[r][0]);
+        dots[r][1] = fmaf(dp, kh, dots[r][1]);
+        dkh = et[i] * dkap + pa_src[i] * dp;
+        dqh = d.qscale * dqbar;
+        dots[r][2] = fmaf(dqh, qh, dots[r][2]);
+        dots[r][3] = fmaf(dkh, kh, dots[r][3]);
+    };
+    // the warp's rows at key column kk: raw q and k, dQst, dKst, dPst (every load issued first)
+    typedef float RowVals[ROWS_PER_WARP];
+    auto load_column = [&](int kk, RowVals &qraw, RowVals &kraw, RowVals &dqs, RowVals &dks, RowVals &dps) {
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            const int i = row0 + r;
+            const bool valid = t0 + i < d.T;
+            const size_t rowbase = qk_row(i), wsrow = ws_row(i);
+            qraw[r] = valid ? to_f(q[rowbase + kk]) : 0.f;
+            kraw[r] = valid ? to_f(k[rowbase + kk]) : 0.f;
+            dqs[r] = dQst[wsrow + kk];
+            dks[r] = dKst[wsrow + kk];
+            dps[r] = dPst[wsrow + kk];
+        }
+    };
+    const bool whole = K <= 2 * CH;
     constexpr int ldo = CH + 8;
     bf16 *F1b = s.Ob[0], *F2b = s.Ob[1], *EKb = s.Ob[2], *PKb = s.Ob[3];
     if constexpr (MMA)
@@ -1991,9 +2046,16 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
             F1b[i * ldo + j] = __float2bfloat16_rn(F1[i * LDL + j]);
             F2b[i * ldo + j] = __float2bfloat16_rn(F2[i * LDL + j]);
         }
-    for (int k0 = 0; k0 < K; k0 += KS) {
-        load_slice(k0);
+    const int nslices = K / KS;
+    for (int si = nslices - 1; si >= 0; si--) {
+        const int k0 = si * KS;
+        if (si < nslices - 1) {
+            issue_slice(k0);
+            finish_slice();
+        }
         __syncthreads();
+        // this slice's product outputs, [CH][LDL] each holding [CH][KS]
+        float *O1 = whole && si == 1 ? c.Ea : QK, *O2 = whole && si == 1 ? c.Em : KK, *O3 = whole && si == 1 ? c.G : dG;
         auto set_o1 = [=](int i2, int cc, float v) { O1[i2 * LDL + cc] = v; };
         auto set_o2 = [=](int j, int cc, float v) { O2[j * LDL + cc] = v; };
         auto set_o3 = [=](int i2, int cc, float v) { O3[i2 * LDL + cc] = v; };
@@ -2021,56 +2083,59 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
             block_gemm<false>(CH, KS, CH, [=](int i2, int j) { return F2[i2 * LDL + j]; }, fetak, set_o3);
         }
         __syncthreads();
+        if (whole) continue;
         for (int cc = lane; cc < KS; cc += 32) {
             const int kk = k0 + cc;
             float qraw[ROWS_PER_WARP], kraw[ROWS_PER_WARP], dqs[ROWS_PER_WARP], dks[ROWS_PER_WARP], dps[ROWS_PER_WARP];
-#pragma unroll
-            for (int r = 0; r < ROWS_PER_WARP; r++) {
-                const int i = row0 + r;
-                const bool valid = t0 + i < d.T;
-                const size_t rowbase = qk_row(i), wsrow = ws_row(i);
-                qraw[r] = valid ? to_f(q[rowbase + kk]) : 0.f;
-                kraw[r] = valid ? to_f(k[rowbase + kk]) : 0.f;
-                dqs[r] = dQst[wsrow + kk];
-                dks[r] = dKst[wsrow + kk];
-                dps[r] = dPst[wsrow + kk];
-            }
+            load_column(kk, qraw, kraw, dqs, dks, dps);
 #pragma unroll
             for (int r = 0; r < ROWS_PER_WARP; r++) {
                 const int i = row0 + r;
                 const size_t wsrow = ws_row(i);
-                const float qh = qraw[r] * s.rq[i], kh = kraw[r] * s.rk[i];
-                const float dqbar = dqs[r] + O1[i * LDL + cc];
-                const float dkap = dks[r] + O2[i * LDL + cc];
-                const float dp = dps[r] + O3[i * LDL + cc];
-                dots[r][0] = fmaf(dkap, kh, dots[r][0]);
-                dots[r][1] = fmaf(dp, kh, dots[r][1]);
-                const float dkh = et[i] * dkap + pa_src[i] * dp, dqh = d.qscale * dqbar;
-                dots[r][2] = fmaf(dqh, qh, dots[r][2]);
-                dots[r][3] = fmaf(dkh, kh, dots[r][3]);
+                float dqh, dkh;
+                combine(r, i, qraw[r], kraw[r], dqs[r], dks[r], dps[r], O1[i * LDL + cc], O2[i * LDL + cc],
+                        O3[i * LDL + cc], dqh, dkh);
                 dQst[wsrow + kk] = dqh;
                 dKst[wsrow + kk] = dkh;
             }
         }
         __syncthreads();
     }
+    // whole rows: column step j of a lane is key column lane + 32 j (ascending, as the sliced order)
+    constexpr int MAXJ = 2 * CH / 32;
+    float dqh[ROWS_PER_WARP][MAXJ], dkh[ROWS_PER_WARP][MAXJ];
+    if (whole) {
+#pragma unroll
+        for (int j = 0; j < MAXJ; j++) {
+            const int kk = lane + 32 * j;
+            if (kk >= K) continue;
+            const int si = kk >= KS, cc = kk - si * KS;
+            const float *O1 = si ? c.Ea : QK, *O2 = si ? c.Em : KK, *O3 = si ? c.G : dG;
+            float qraw[ROWS_PER_WARP], kraw[ROWS_PER_WARP], dqs[ROWS_PER_WARP], dks[ROWS_PER_WARP], dps[ROWS_PER_WARP];
+            load_column(kk, qraw, kraw, dqs, dks, dps);
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                const int i = row0 + r;
+                combine(r, i, qraw[r], kraw[r], dqs[r], dks[r], dps[r], O1[i * LDL + cc], O2[i * LDL + cc],
+                        O3[i * LDL + cc], dqh[r][j], dkh[r][j]);
+            }
+        }
+    }
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++)
 #pragma unroll
         for (int j = 0; j < 4; j++)
             for (int o = 16; o > 0; o >>= 1) dots[r][j] += __shfl_xor_sync(0xffffffffu, dots[r][j], o);
-    // L2 norm backward: dx = r (dy - <dy, y> y)
-    for (int cc = lane; cc < K; cc += 32) {
-        float qraw[ROWS_PER_WARP], kraw[ROWS_PER_WARP], dqs[ROWS_PER_WARP], dks[ROWS_PER_WARP];
+    // the L2-norm backward: dx = r (dy - <dy, y> y), dy from registers (whole rows) or the workspace
+    auto l2norm_backward = [&](int kk, const RowVals &dqy, const RowVals &dky) {
+        float qraw[ROWS_PER_WARP], kraw[ROWS_PER_WARP];
 #pragma unroll
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const int i = row0 + r;
             const bool valid = t0 + i < d.T;
-            const size_t rowbase = qk_row(i), wsrow = ws_row(i);
-            qraw[r] = valid ? to_f(q[rowbase + cc]) : 0.f;
-            kraw[r] = valid ? to_f(k[rowbase + cc]) : 0.f;
-            dqs[r] = dQst[wsrow + cc];
-            dks[r] = dKst[wsrow + cc];
+            const size_t rowbase = qk_row(i);
+            qraw[r] = valid ? to_f(q[rowbase + kk]) : 0.f;
+            kraw[r] = valid ? to_f(k[rowbase + kk]) : 0.f;
         }
 #pragma unroll
         for (int r = 0; r < ROWS_PER_WARP; r++) {
@@ -2078,8 +2143,32 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
             if (t0 + i >= d.T) continue;
             const size_t rowbase = qk_row(i);
             const float rq_i = s.rq[i], rk_i = s.rk[i], qh = qraw[r] * rq_i, kh = kraw[r] * rk_i;
-            if (dq) dq[rowbase + cc] = from_f<T>(rq_i * (dqs[r] - dots[r][2] * qh));
-            if (dk) dk[rowbase + cc] = from_f<T>(rk_i * (dks[r] - dots[r][3] * kh));
+            if (dq) dq[rowbase + kk] = from_f<T>(rq_i * (dqy[r] - dots[r][2] * qh));
+            if (dk) dk[rowbase + kk] = from_f<T>(rk_i * (dky[r] - dots[r][3] * kh));
+        }
+    };
+    if (whole) {
+#pragma unroll
+        for (int j = 0; j < MAXJ; j++) {
+            const int kk = lane + 32 * j;
+            if (kk >= K) continue;
+            RowVals dqy, dky;
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                dqy[r] = dqh[r][j];
+                dky[r] = dkh[r][j];
+            }
+            l2norm_backward(kk, dqy, dky);
+        }
+    } else {
+        for (int kk = lane; kk < K; kk += 32) {
+            RowVals dqy, dky;
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                dqy[r] = dQst[ws_row(row0 + r) + kk];
+                dky[r] = dKst[ws_row(row0 + r) + kk];
+            }
+            l2norm_backward(kk, dqy, dky);
         }
     }
     if (lane == 0)
