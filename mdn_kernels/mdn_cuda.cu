@@ -1813,7 +1813,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     // row partial sums and end-of-chunk dot products, summed over its key tiles (a thread per row
     // and kind: these were 60 loads a thread on 64 threads).
     const float *Fi = F + (size_t)bhc * 2 * CH * CH;
-    for (int e = tid; e < CH * CH; e += blockDim.x) {
+    for (int e = tid; e < CH * CH; e += CHUNK_BWD_THREADS) {
         const int i = e / CH, j = e % CH;
         cp_async4(F1 + i * LDL + j, Fi + e);
         cp_async4(F2 + i * LDL + j, Fi + CH * CH + e);
@@ -1851,7 +1851,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
         s.dgv[i] = rs[RP_DG * CH + i];
         s.dhv[i] = rs[RP_DH * CH + i];
     }
-    for (int e = tid; e < CH * CH; e += blockDim.x) {
+    for (int e = tid; e < CH * CH; e += CHUNK_BWD_THREADS) {
         const int i = e / CH, j = e % CH;
         QK[i * LDL + j] = 0.f;
         KK[i * LDL + j] = 0.f;
@@ -1878,7 +1878,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     const float *pa_src = vi + VEC_PA * CH;
     // dGamma: from QKG = (Qbar Kk^T) o Gamma, from A = (P Kk^T) o Gamma_prev (dA = -F2, strictly
     // lower), and the end-state factor g = Gamma[L-1,:]
-    for (int e = tid; e < CH * CH; e += blockDim.x) {
+    for (int e = tid; e < CH * CH; e += CHUNK_BWD_THREADS) {
         const int i = e / CH, j = e % CH;
         float v = 0.f;
         if (j <= i) {
@@ -1890,7 +1890,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     }
     __syncthreads();
     // Dq = F1 o Gamma (gradient of Qbar Kk^T), Dp = dA o Gamma_prev (gradient of P Kk^T), in place
-    for (int e = tid; e < CH * CH; e += blockDim.x) {
+    for (int e = tid; e < CH * CH; e += CHUNK_BWD_THREADS) {
         const int i = e / CH, j = e % CH;
         F1[i * LDL + j] = j <= i ? F1[i * LDL + j] * G[i * LDL + j] : 0.f;
         F2[i * LDL + j] = j < i ? -F2[i * LDL + j] * G[(i - 1) * LDL + j] : 0.f;
@@ -1902,7 +1902,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     if constexpr (MMA) {
         // split copies: dGamma [i][j], Em [l][j], Ea o beta [i][l] (hi in Ob[2w], lo in Ob[2w+1])
         constexpr int ldo = CH + 8;
-        for (int e = tid; e < CH * CH; e += blockDim.x) {
+        for (int e = tid; e < CH * CH; e += CHUNK_BWD_THREADS) {
             const int i = e / CH, j = e % CH;
             store_split(s.Ob[0] + i * ldo + j, s.Ob[1] + i * ldo + j, dG[i * LDL + j]);
             store_split(s.Ob[2] + i * ldo + j, s.Ob[3] + i * ldo + j, Em[i * LDL + j]);
@@ -1943,7 +1943,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     }
     __syncthreads();
     // Ra = dEa o Ea (into QK), Rm = dEm o Em (into KK)
-    for (int e = tid; e < CH * CH; e += blockDim.x) {
+    for (int e = tid; e < CH * CH; e += CHUNK_BWD_THREADS) {
         const int i = e / CH, l = e % CH;
         const float dEa = l <= i ? (QK[i * LDL + l] + s.db[i] * c.m[l]) * c.be[l] : 0.f;
         const float dEm = l <= i ? KK[i * LDL + l] + (i == CH - 1 ? s.dhv[l] : 0.f) : 0.f;
@@ -1957,7 +1957,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     // triangular), has no cancellation: sum_{s>=t} sum_{l<t} Ra[s][l] + sum_{s>=t} da_s a_s.
     // Rows first: exclusive prefix sums over l, in place (the Ra rows, then the Rm rows), a warp a
     // row by a warp scan with two elements a lane.
-    for (int row = tid >> 5; row < 2 * CH; row += blockDim.x >> 5) {
+    for (int row = tid >> 5; row < 2 * CH; row += CHUNK_BWD_THREADS >> 5) {
         const int lane = tid & 31;
         float *Rrow = (row < CH ? QK : KK) + (row % CH) * LDL;
         const float x0 = Rrow[2 * lane], x1 = Rrow[2 * lane + 1];
@@ -2004,9 +2004,17 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     // Khs, Qhs from the QK loop.
     constexpr int ROWS_PER_WARP = CH / (CHUNK_BWD_THREADS / 32);
     const int warp = tid >> 5, lane = tid & 31, row0 = warp * ROWS_PER_WARP;
-    // row i of the chunk: its q/k/dq/dk row and its workspace row (dQst, dKst, dPst)
-    auto qk_row = [&](int i) { return (((size_t)b * d.T + t0 + i) * d.H + h) * K; };
-    auto ws_row = [&](int i) { return ((size_t)bhc * CH + i) * K; };
+    // row i of the chunk: its q/k/dq/dk row and its workspace row (dQst, dKst, dPst), as int
+    // offsets from the chunk's first rows (one 64-bit base a tensor: the 64-bit address arithmetic
+    // of every load was most of this part's instructions)
+    const T *qc = q + qkbase, *kc = k + qkbase;
+    T *dqc = dq ? dq + qkbase : nullptr, *dkc = dk ? dk + qkbase : nullptr;
+    const size_t wsbase = (size_t)bhc * CH * K;
+    float *dQc = dQst + wsbase, *dKc = dKst + wsbase;
+    const float *dPc = dPst + wsbase;
+    const int qk_stride = d.H * K;
+    auto qk_row = [&](int i) { return i * qk_stride; };
+    auto ws_row = [&](int i) { return i * K; };
     // per row: <dkappa, khat>, <dp, khat>, <dqhat, qhat>, <dkhat, khat> (lane partials)
     float dots[ROWS_PER_WARP][4] = {};
     const float *et = c.et;
@@ -2029,19 +2037,19 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const int i = row0 + r;
             const bool valid = t0 + i < d.T;
-            const size_t rowbase = qk_row(i), wsrow = ws_row(i);
-            qraw[r] = valid ? to_f(q[rowbase + kk]) : 0.f;
-            kraw[r] = valid ? to_f(k[rowbase + kk]) : 0.f;
-            dqs[r] = dQst[wsrow + kk];
-            dks[r] = dKst[wsrow + kk];
-            dps[r] = dPst[wsrow + kk];
+            const int rowbase = qk_row(i), wsrow = ws_row(i);
+            qraw[r] = valid ? to_f(qc[rowbase + kk]) : 0.f;
+            kraw[r] = valid ? to_f(kc[rowbase + kk]) : 0.f;
+            dqs[r] = dQc[wsrow + kk];
+            dks[r] = dKc[wsrow + kk];
+            dps[r] = dPc[wsrow + kk];
         }
     };
     const bool whole = K <= 2 * CH;
     constexpr int ldo = CH + 8;
     bf16 *F1b = s.Ob[0], *F2b = s.Ob[1], *EKb = s.Ob[2], *PKb = s.Ob[3];
     if constexpr (MMA)
-        for (int e = tid; e < CH * CH; e += blockDim.x) {   // F1, F2 as product operands
+        for (int e = tid; e < CH * CH; e += CHUNK_BWD_THREADS) {   // F1, F2 as product operands
             const int i = e / CH, j = e % CH;
             F1b[i * ldo + j] = __float2bfloat16_rn(F1[i * LDL + j]);
             F2b[i * ldo + j] = __float2bfloat16_rn(F2[i * LDL + j]);
@@ -2062,7 +2070,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
         if constexpr (MMA) {
             // eta o khat and pa o khat of the slice, rounded once as the products' fragments were
             // (row stride lds, as Khs and Qhs: one B stride for both terms of O2)
-            for (int e = tid; e < CH * KS; e += blockDim.x) {
+            for (int e = tid; e < CH * KS; e += CHUNK_BWD_THREADS) {
                 const int j = row_of(e, KS), cc = e - j * KS;
                 const float kv = to_f(Khs[j * lds + cc]);
                 EKb[j * lds + cc] = __float2bfloat16_rn(et[j] * kv);
@@ -2091,12 +2099,12 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
 #pragma unroll
             for (int r = 0; r < ROWS_PER_WARP; r++) {
                 const int i = row0 + r;
-                const size_t wsrow = ws_row(i);
+                const int wsrow = ws_row(i);
                 float dqh, dkh;
                 combine(r, i, qraw[r], kraw[r], dqs[r], dks[r], dps[r], O1[i * LDL + cc], O2[i * LDL + cc],
                         O3[i * LDL + cc], dqh, dkh);
-                dQst[wsrow + kk] = dqh;
-                dKst[wsrow + kk] = dkh;
+                dQc[wsrow + kk] = dqh;
+                dKc[wsrow + kk] = dkh;
             }
         }
         __syncthreads();
@@ -2133,18 +2141,18 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const int i = row0 + r;
             const bool valid = t0 + i < d.T;
-            const size_t rowbase = qk_row(i);
-            qraw[r] = valid ? to_f(q[rowbase + kk]) : 0.f;
-            kraw[r] = valid ? to_f(k[rowbase + kk]) : 0.f;
+            const int rowbase = qk_row(i);
+            qraw[r] = valid ? to_f(qc[rowbase + kk]) : 0.f;
+            kraw[r] = valid ? to_f(kc[rowbase + kk]) : 0.f;
         }
 #pragma unroll
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const int i = row0 + r;
             if (t0 + i >= d.T) continue;
-            const size_t rowbase = qk_row(i);
+            const int rowbase = qk_row(i);
             const float rq_i = s.rq[i], rk_i = s.rk[i], qh = qraw[r] * rq_i, kh = kraw[r] * rk_i;
-            if (dq) dq[rowbase + kk] = from_f<T>(rq_i * (dqy[r] - dots[r][2] * qh));
-            if (dk) dk[rowbase + kk] = from_f<T>(rk_i * (dky[r] - dots[r][3] * kh));
+            if (dqc) dqc[rowbase + kk] = from_f<T>(rq_i * (dqy[r] - dots[r][2] * qh));
+            if (dkc) dkc[rowbase + kk] = from_f<T>(rk_i * (dky[r] - dots[r][3] * kh));
         }
     };
     if (whole) {
@@ -2165,8 +2173,8 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
             RowVals dqy, dky;
 #pragma unroll
             for (int r = 0; r < ROWS_PER_WARP; r++) {
-                dqy[r] = dQst[ws_row(row0 + r) + kk];
-                dky[r] = dKst[ws_row(row0 + r) + kk];
+                dqy[r] = dQc[ws_row(row0 + r) + kk];
+                dky[r] = dKc[ws_row(row0 + r) + kk];
             }
             l2norm_backward(kk, dqy, dky);
         }
