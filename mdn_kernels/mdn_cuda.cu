@@ -433,6 +433,21 @@ __host__ __device__ inline void carve_coef(Carver &cv, Coef &c) {
     c.G = cv.take<float>(CH * LDL);
 }
 
+// A warp's prefix sums over 64 values held two a lane (x0, x1: elements 2 lane and 2 lane + 1): the
+// lanes' pair sums scanned by a shuffle tree; `before` is the sum of the pairs before this lane's
+// (0 in lane 0), `through` the sum through this lane's pair. (One thread walking the 64 values left
+// the rest of the CTA waiting at the next barrier.)
+template <typename F> __device__ __forceinline__ void warp_pair_scan(F x0, F x1, F &before, F &through) {
+    const int lane = threadIdx.x & 31;
+    through = x0 + x1;
+    for (int o = 1; o < 32; o <<= 1) {
+        const F y = __shfl_up_sync(0xffffffffu, through, o);
+        if (lane >= o) through += y;
+    }
+    before = __shfl_up_sync(0xffffffffu, through, 1);
+    if (lane == 0) before = F(0);
+}
+
 // Steps past T (the last chunk's padding) get log alpha = log mu = beta = eta = 0: they change
 // no state (alpha = mu = 1, nothing written), so the chunk's end-of-chunk factors are exact.
 __device__ void chunk_coef(const Coef &c, const Dims &d, int b, int h, int t0, const float *log_alpha,
@@ -447,22 +462,16 @@ __device__ void chunk_coef(const Coef &c, const Dims &d, int b, int h, int t0, c
         c.et[tid] = valid ? eta[gi] : 0.f;
     }
     __syncthreads();
-    // inclusive prefix sums A (log alpha, warp 0) and C (log mu, warp 1), two steps a lane, by a
-    // warp scan (one thread walking the 64 steps left the other warps waiting at the barrier)
+    // inclusive prefix sums A (log alpha, warp 0) and C (log mu, warp 1), two steps a lane
     if (tid < 2 * 32) {
         const int lane = tid & 31;
         const float *x = tid < 32 ? c.la : c.lm;
         double *prefix = tid < 32 ? c.A : c.C;
         const double x0 = x[2 * lane], x1 = x[2 * lane + 1];
-        double run = x0 + x1;
-        for (int o = 1; o < 32; o <<= 1) {
-            const double y = __shfl_up_sync(0xffffffffu, run, o);
-            if (lane >= o) run += y;
-        }
-        double before = __shfl_up_sync(0xffffffffu, run, 1);
-        if (lane == 0) before = 0.0;
+        double before, through;
+        warp_pair_scan(x0, x1, before, through);
         prefix[2 * lane] = before + x0;
-        prefix[2 * lane + 1] = run;
+        prefix[2 * lane + 1] = through;
     }
     __syncthreads();
     for (int e = tid; e < CH * CH; e += blockDim.x) {
@@ -1961,13 +1970,8 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
         const int lane = tid & 31;
         float *Rrow = (row < CH ? QK : KK) + (row % CH) * LDL;
         const float x0 = Rrow[2 * lane], x1 = Rrow[2 * lane + 1];
-        float run = x0 + x1;
-        for (int o = 1; o < 32; o <<= 1) {
-            const float y = __shfl_up_sync(0xffffffffu, run, o);
-            if (lane >= o) run += y;
-        }
-        float before = __shfl_up_sync(0xffffffffu, run, 1);
-        if (lane == 0) before = 0.f;
+        float before, through;
+        warp_pair_scan(x0, x1, before, through);
         Rrow[2 * lane] = before;
         Rrow[2 * lane + 1] = before + x0;
     }
