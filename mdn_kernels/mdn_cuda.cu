@@ -260,6 +260,11 @@ __device__ __forceinline__ void cp_async4(void *dst, const void *src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+// the copies issued since the last commit form a group; wait until at most N groups are in flight
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait_group() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 // `rows` rows of `cols` elements (a multiple of 16 bytes) from global src + i*stride into shared
 // dst + i*ldd; rows >= valid are zero
@@ -2005,7 +2010,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     // the combine then runs once per row after the products, keeping dqhat and dkhat in registers
     // for the L2-norm backward. Wider K combines slice by slice and takes dqhat and dkhat through
     // the workspace (dQst, dKst, in place). The slices run last to first: the last one is still in
-    // Khs, Qhs from the QK loop.
+    // Khs, Qhs from the QK loop (and in bf16 the next one's copies land while one's products run).
     constexpr int ROWS_PER_WARP = CH / (CHUNK_BWD_THREADS / 32);
     const int warp = tid >> 5, lane = tid & 31, row0 = warp * ROWS_PER_WARP;
     // row i of the chunk: its q/k/dq/dk row and its workspace row (dQst, dKst, dPst), as int
@@ -2058,10 +2063,28 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
             F1b[i * ldo + j] = __float2bfloat16_rn(F1[i * LDL + j]);
             F2b[i * ldo + j] = __float2bfloat16_rn(F2[i * LDL + j]);
         }
+    // bf16: the slices alternate between two buffer pairs (Khs, Qhs and the free Ob[4], Ob[5]), the
+    // next slice's copies in flight while this one's products run; float32 reloads Khs, Qhs
     const int nslices = K / KS;
+    auto kbuf = [&](int si) { return MMA && ((nslices - 1 - si) & 1) ? (T *)s.Ob[4] : s.Khs; };
+    auto qbuf = [&](int si) { return MMA && ((nslices - 1 - si) & 1) ? (T *)s.Ob[5] : s.Qhs; };
     for (int si = nslices - 1; si >= 0; si--) {
         const int k0 = si * KS;
-        if (si < nslices - 1) {
+        T *Kcur = kbuf(si), *Qcur = qbuf(si);
+        if constexpr (MMA) {
+            if (si > 0) {
+                async_rows(kbuf(si - 1), lds, k + qkbase + k0 - KS, (size_t)d.H * K, CH, KS, rows_valid);
+                async_rows(qbuf(si - 1), lds, q + qkbase + k0 - KS, (size_t)d.H * K, CH, KS, rows_valid);
+                cp_async_commit();
+            }
+            if (si < nslices - 1) {   // this slice's copies: the group before the one just issued
+                if (si > 0) cp_async_wait_group<1>();
+                else cp_async_wait_group<0>();
+                __syncthreads();
+                scale_rows(Kcur, lds, CH, KS, s.rk);
+                scale_rows(Qcur, lds, CH, KS, s.qs);
+            }
+        } else if (si < nslices - 1) {
             issue_slice(k0);
             finish_slice();
         }
@@ -2076,22 +2099,22 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
             // (row stride lds, as Khs and Qhs: one B stride for both terms of O2)
             for (int e = tid; e < CH * KS; e += CHUNK_BWD_THREADS) {
                 const int j = row_of(e, KS), cc = e - j * KS;
-                const float kv = to_f(Khs[j * lds + cc]);
+                const float kv = to_f(Kcur[j * lds + cc]);
                 EKb[j * lds + cc] = __float2bfloat16_rn(et[j] * kv);
                 PKb[j * lds + cc] = __float2bfloat16_rn(pa_src[j] * kv);
             }
             __syncthreads();
             block_mma<false, false>(CH, KS, CH, F1b, ldo, EKb, lds, nullptr, nullptr, set_o1);
-            block_mma<true, false>(CH, KS, CH, F1b, ldo, (const bf16 *)Qhs, lds, F2b, PKb, set_o2);
+            block_mma<true, false>(CH, KS, CH, F1b, ldo, (const bf16 *)Qcur, lds, F2b, PKb, set_o2);
             block_mma<false, false>(CH, KS, CH, F2b, ldo, EKb, lds, nullptr, nullptr, set_o3);
         } else {
-            auto fetak = [=](int j, int cc) { return et[j] * to_f(Khs[j * lds + cc]); };
+            auto fetak = [=](int j, int cc) { return et[j] * to_f(Kcur[j * lds + cc]); };
             block_gemm<false>(CH, KS, CH, [=](int i2, int j) { return F1[i2 * LDL + j]; }, fetak, set_o1);
             block_gemm2<false>(
                 CH, KS, CH, [=](int j, int i2) { return F1[i2 * LDL + j]; },
-                [=](int i2, int cc) { return to_f(Qhs[i2 * lds + cc]); }, CH,
+                [=](int i2, int cc) { return to_f(Qcur[i2 * lds + cc]); }, CH,
                 [=](int j, int i2) { return F2[i2 * LDL + j]; },
-                [=](int i2, int cc) { return pa_src[i2] * to_f(Khs[i2 * lds + cc]); }, set_o2);
+                [=](int i2, int cc) { return pa_src[i2] * to_f(Kcur[i2 * lds + cc]); }, set_o2);
             block_gemm<false>(CH, KS, CH, [=](int i2, int j) { return F2[i2 * LDL + j]; }, fetak, set_o3);
         }
         __syncthreads();
