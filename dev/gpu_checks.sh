@@ -2,8 +2,9 @@
 # gpu_checks.sh: everything the GPU trainer needs checked on a lent GPU, in one command (device
 # time is scarce): build, the GPU tests, a short real training run, the benchmarks. Logs go to
 # $OUT (or build/gpu_checks); the summary lines are printed last.
-# Usage: dev/gpu_checks.sh [quick|trainer]   (quick: no 1B benchmark; trainer: the trainer's checks
-# only: no layer tests and no benchmarks, but the NCCL path with one rank and a 400M run with a sample)
+# Usage: dev/gpu_checks.sh [quick|trainer|multigpu]   (quick: no 1B benchmark; trainer: the trainer's
+# checks only: no layer tests and no benchmarks, but the NCCL path with one rank and a 400M run with a
+# sample; multigpu, on a machine with several GPUs: the gpu2 tests and dev/bench_scaling.sh only)
 set -u
 cd "$(dirname "$0")/.." || exit 1
 out="${OUT:-build/gpu_checks}"
@@ -11,6 +12,17 @@ mode="${1:-}"
 source test/lib.sh
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
+if [ "$mode" = multigpu ]; then
+    make -j16 train_mdn mdn_tokenize build/test/test_collectives_nccl > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+    test/run_tests.sh gpu2: > "$out/gpu2_tests.log" 2>&1; echo "gpu2 tests rc=$?" >> "$out/summary.txt"
+    [ -f data/tinyshakespeare/tinyshakespeare_train_000000.bin ] || bash scripts/prepare_tinyshakespeare.sh > "$out/prepare.log" 2>&1
+    STEPS=8 LOGDIR="$out/scaling" timeout 300 dev/bench_scaling.sh > "$out/scaling.log" 2>&1
+    echo "bench_scaling rc=$?" >> "$out/summary.txt"
+    cat "$out/gpu.txt" "$out/summary.txt"
+    grep -E "^(PASS|FAIL)|passed|not run|    \|" "$out/gpu2_tests.log" | head -60
+    cat "$out/scaling.log"
+    exit 0
+fi
 if [ "$mode" = trainer ]; then
     targets=(train_mdn train_mdn_cpu test_mdn build/test/test_collectives_nccl)
 else
