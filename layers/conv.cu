@@ -14,6 +14,8 @@
 // tried here with the tile's dz halo recomputed, ran 25-60% slower: 25 loads and 11 sigmoids per 8
 // outputs.) Both directions were bound by instructions more than by memory until sigmoidf_ used the
 // fast exponential and division (common/cuda_common.cuh).
+#include <type_traits>
+
 #include "conv.cuh"
 
 #include "packed.cuh"
@@ -318,20 +320,28 @@ static void conv_check_width(int W) {
     }
 }
 
+// f(std::integral_constant<int, W>()) for the run-time width W: the kernels take it as a template
+// parameter (their windows live in registers)
+template <class F> static void with_conv_width(int W, const F &f) {
+    conv_check_width(W);
+    switch (W) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 5: f(std::integral_constant<int, 5>()); break;
+    case 6: f(std::integral_constant<int, 6>()); break;
+    case 7: f(std::integral_constant<int, 7>()); break;
+    default: f(std::integral_constant<int, 8>()); break;
+    }
+}
+
 template <typename T>
 static void conv_forward(T *out, const T *inp, int in_stride, const float *weight, const T *sub, const float *D_log,
                          int head_dim, int B, int Tlen, int C, int W, cudaStream_t stream) {
-    conv_check_width(W);
-    switch (W) {
-    case 1: conv_forward_w<T, 1>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
-    case 2: conv_forward_w<T, 2>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
-    case 3: conv_forward_w<T, 3>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
-    case 4: conv_forward_w<T, 4>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
-    case 5: conv_forward_w<T, 5>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
-    case 6: conv_forward_w<T, 6>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
-    case 7: conv_forward_w<T, 7>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
-    default: conv_forward_w<T, 8>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream); break;
-    }
+    with_conv_width(W, [&](auto w) {
+        conv_forward_w<T, decltype(w)::value>(out, inp, in_stride, weight, sub, D_log, head_dim, B, Tlen, C, stream);
+    });
 }
 
 template <typename T>
@@ -355,18 +365,11 @@ template <typename T>
 void shortconv_silu_backward_cuda(T *dinp, int dinp_stride, float *dweight, void *scratch, const T *dout,
                                   const T *inp, int in_stride, const float *weight, int B, int Tlen, int C, int W,
                                   cudaStream_t stream) {
-    conv_check_width(W);
     float *partials = (float *)scratch;
-    switch (W) {
-    case 1: conv_backward_w<T, 1>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 2: conv_backward_w<T, 2>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 3: conv_backward_w<T, 3>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 4: conv_backward_w<T, 4>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 5: conv_backward_w<T, 5>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 6: conv_backward_w<T, 6>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
-    case 7: conv_backward_w<T, 7>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
-    default: conv_backward_w<T, 8>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C, stream); break;
-    }
+    with_conv_width(W, [&](auto w) {
+        conv_backward_w<T, decltype(w)::value>(dinp, dinp_stride, partials, dout, inp, in_stride, weight, B, Tlen, C,
+                                               stream);
+    });
     reduce_partials_add_cuda(dweight, partials, conv_backward_parts(B, Tlen), C * W, stream);
 }
 
