@@ -1808,17 +1808,21 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     const T *Khs = s.Khs, *Qhs = s.Qhs;
     const int rows_valid = min(CH, d.T - t0);
     const size_t qkbase = (((size_t)b * d.T + t0) * d.H + h) * K;
-    // columns k0.. of khat and qbar: the raw rows by cp.async (issue_slice), then, once they have
-    // landed, scaled in place (finish_slice: it begins with a barrier and ends without one)
-    auto issue_slice = [&](int k0) {
-        async_rows(s.Khs, lds, k + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid);
-        async_rows(s.Qhs, lds, q + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid);
+    // columns k0.. of khat and qbar into Kd, Qd (Khs, Qhs unless given): the raw rows by cp.async
+    // (issue_slice), then, once they have landed, scaled in place (scale_slice; finish_slice waits
+    // for every copy, then scales Khs, Qhs: it begins with a barrier and ends without one)
+    auto issue_slice = [&](int k0, T *Kd, T *Qd) {
+        async_rows(Kd, lds, k + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid);
+        async_rows(Qd, lds, q + qkbase + k0, (size_t)d.H * K, CH, KS, rows_valid);
+    };
+    auto scale_slice = [&](T *Kd, T *Qd) {
+        scale_rows(Kd, lds, CH, KS, s.rk);
+        scale_rows(Qd, lds, CH, KS, s.qs);
     };
     auto finish_slice = [&]() {
         cp_async_wait_all();
         __syncthreads();
-        scale_rows(s.Khs, lds, CH, KS, s.rk);
-        scale_rows(s.Qhs, lds, CH, KS, s.qs);
+        scale_slice(s.Khs, s.Qhs);
     };
 
     // What the CTA reads before its first product is requested before the gate coefficients are
@@ -1832,7 +1836,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
         cp_async4(F1 + i * LDL + j, Fi + e);
         cp_async4(F2 + i * LDL + j, Fi + CH * CH + e);
     }
-    issue_slice(0);
+    issue_slice(0, s.Khs, s.Qhs);
     const float *vi = vec + (size_t)bhc * NVEC * CH;
     if (tid < CH) {
         s.rq[tid] = vi[VEC_RQ * CH + tid];
@@ -1873,7 +1877,7 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
     // QK = Qbar Khat^T, KK = Khat Khat^T, accumulated over K slices (the first finish_slice also
     // waits for F1, F2)
     for (int k0 = 0; k0 < K; k0 += KS) {
-        if (k0 > 0) issue_slice(k0);
+        if (k0 > 0) issue_slice(k0, s.Khs, s.Qhs);
         finish_slice();
         __syncthreads();
         auto add_qk = [=](int i, int j, float v) { QK[i * LDL + j] += v; };
@@ -2073,19 +2077,17 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
         T *Kcur = kbuf(si), *Qcur = qbuf(si);
         if constexpr (MMA) {
             if (si > 0) {
-                async_rows(kbuf(si - 1), lds, k + qkbase + k0 - KS, (size_t)d.H * K, CH, KS, rows_valid);
-                async_rows(qbuf(si - 1), lds, q + qkbase + k0 - KS, (size_t)d.H * K, CH, KS, rows_valid);
+                issue_slice(k0 - KS, kbuf(si - 1), qbuf(si - 1));
                 cp_async_commit();
             }
             if (si < nslices - 1) {   // this slice's copies: the group before the one just issued
                 if (si > 0) cp_async_wait_group<1>();
                 else cp_async_wait_group<0>();
                 __syncthreads();
-                scale_rows(Kcur, lds, CH, KS, s.rk);
-                scale_rows(Qcur, lds, CH, KS, s.qs);
+                scale_slice(Kcur, Qcur);
             }
         } else if (si < nslices - 1) {
-            issue_slice(k0);
+            issue_slice(k0, s.Khs, s.Qhs);
             finish_slice();
         }
         __syncthreads();
