@@ -12,7 +12,9 @@
 #           the 1-GPU run (float32, 1e-5 relative)
 #   np1     (1 GPU) under `mpirun -np 1` (MPI-bootstrapped NCCL, one rank) == started directly: the
 #           same losses bit for bit
-# accum and np1 need one GPU; f32, bf16 and ranks need two.
+#   kill    a 2-GPU run whose rank 1 is killed (SIGKILL) mid-run: the job ends with a non-zero status
+#           and a message naming the dead rank, long before the collective timeout (set to 60 s here)
+# accum and np1 need one GPU; f32, bf16, ranks and kill need two.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BIN=./train_mdn
@@ -78,6 +80,30 @@ np1)
     grep -q "ranks: 1 (NCCL)" "$work/mpi.txt" || fail "the mpirun -np 1 run did not report 1 NCCL rank"
     check direct mpi 0 "mpirun -np 1 vs a direct start (bf16)"
     ;;
+kill)
+    export MDN_NCCL_TIMEOUT_S=60
+    $MPIRUN -x MDN_NCCL_TIMEOUT_S -np 2 $BIN "${COMMON[@]}" --batch-size 2 --steps 1000000 --val-interval 0 \
+        --out "$work/k" >"$work/k.txt" 2>&1 &
+    job=$!
+    for _ in $(seq 600); do   # until 20 steps are logged (at most 60 s)
+        [ -f "$work/k/log.jsonl" ] && [ "$(wc -l <"$work/k/log.jsonl")" -ge 20 ] && break
+        sleep 0.1
+    done
+    victim=""
+    for pid in $(pgrep -f "$work/k"); do
+        [ -r "/proc/$pid/environ" ] && tr '\0' '\n' <"/proc/$pid/environ" | grep -qx "OMPI_COMM_WORLD_RANK=1" && victim=$pid
+    done
+    [ -n "$victim" ] || { kill "$job"; fail "rank 1's process not found (did the run start? $(tail -n 3 "$work/k.txt"))"; }
+    killed_at=$(date +%s)
+    kill -9 "$victim"
+    rc=0; wait "$job" || rc=$?
+    took=$(( $(date +%s) - killed_at ))
+    tail -n 8 "$work/k.txt"
+    [ "$rc" -ne 0 ] || fail "the job exited 0 after rank 1 was killed"
+    [ "$took" -lt 50 ] || fail "the job took $took s to end after rank 1 was killed (the collective timeout is 60 s)"
+    grep -qiE "rank 1|signal 9|killed" "$work/k.txt" || fail "no message names the dead rank"
+    echo "OK: rank 1 killed: the job ended in $took s, exit status $rc"
+    ;;
 *)
-    echo "usage: $0 accum|f32|bf16|ranks|np1"; exit 2 ;;
+    echo "usage: $0 accum|f32|bf16|ranks|np1|kill"; exit 2 ;;
 esac
