@@ -1128,22 +1128,40 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
 
     float st[SPW][2][NBU][4];
     fast_state_load<VT, SPW>(st, d, bh, v0, S0, M0, s.Xb);
-    auto issue = [&](int n, bool kq_only_k, bool rest) {
-        const int t0 = n * CH, rows_valid = min(CH, d.T - t0);
-        const size_t base = ((size_t)b * d.T + t0) * d.H + h, mo = (size_t)(bh * d.NC + n) * CH * CH;
-        if (kq_only_k) async_rows(s.Kh, ldk, k + base * K, hstride, CH, K, rows_valid);
-        if (rest) {
-            if (!STORE) async_rows(s.Qh, ldk, q + base * K, hstride, CH, K, rows_valid);
-            async_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH);
-            if (!STORE) async_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH);
-            fast_fetch_vectors(s.vs, vec + (size_t)(bh * d.NC + n) * NVEC * CH);
-        }
+    // The chunk's k and q rows live in two buffers whose roles swap every chunk (forward): q is dead
+    // after O, so the next chunk's k goes there while this chunk's update still reads its own k,
+    // and the next q goes into the old k buffer after the update (it is read only at O, after R
+    // and U). The recompute (STORE: no q) reloads k after the update. The v tile of the next chunk
+    // goes into Rb (dead after U; R's epilogue adds v in place). cp.async groups, oldest first:
+    // [v] after U, [k, T^-1, QKG, vectors] after O (STORE: after U), [q] after the update; the
+    // chunk top waits for all but the newest ([q]; STORE: all), O for the rest.
+    bf16 *kbuf = s.Kh, *qbuf = s.Qh;
+    auto rows_of = [&](int n) { return min(CH, d.T - n * CH); };
+    auto row_base = [&](int n) { return ((size_t)b * d.T + n * CH) * d.H + h; };
+    auto issue_v = [&](int n) {
+        async_rows(Rb, ldv, v + row_base(n) * d.V + v0, (size_t)d.H * d.V, CH, VT, rows_of(n));
     };
-    issue(0, true, true);
+    auto issue_k = [&](int n, bf16 *dst) { async_rows(dst, ldk, k + row_base(n) * K, hstride, CH, K, rows_of(n)); };
+    auto issue_q = [&](int n, bf16 *dst) { async_rows(dst, ldk, q + row_base(n) * K, hstride, CH, K, rows_of(n)); };
+    auto issue_rest = [&](int n) {
+        const size_t mo = (size_t)(bh * d.NC + n) * CH * CH;
+        async_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH);
+        if (!STORE) async_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH);
+        fast_fetch_vectors(s.vs, vec + (size_t)(bh * d.NC + n) * NVEC * CH);
+    };
+    issue_v(0);
+    issue_k(0, kbuf);
+    issue_rest(0);
+    cp_async_commit();
+    if (!STORE) {
+        issue_q(0, qbuf);
+        cp_async_commit();
+    }
     for (int n = 0; n < d.NC; n++) {
         const int bhc = bh * d.NC + n, t0 = n * CH;
         if (STORE) fast_state_store<VT, SPW>(st, d, (size_t)bhc * 2 * K, (size_t)bhc * 2 * K + K, v0, Xall, Xall);
-        cp_async_wait_all();
+        if (STORE) cp_async_wait_group<0>();
+        else cp_async_wait_group<1>();   // q may still be in flight
         __syncthreads();   // operands, gate vectors and Xb of the previous update visible
         // the update's decays, read before the next chunk's vectors are fetched over them
         const float aL = s.vs[VEC_A * CH + CH - 1], bL = s.vs[VEC_B * CH + CH - 1], mL = s.vs[VEC_M * CH + CH - 1];
@@ -1152,16 +1170,13 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
             const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
             const RowFactors f[2] = {fast_row_factors(s.vs, d, m0 + g), fast_row_factors(s.vs, d, m0 + g + 8)};
             float c1[NBL][4] = {}, c2[NBL][4] = {};
-            mma_strip<NBL, false, 2>(c1, c2, s.Kh, ldk, s.Xb, s.Xb + K * ldv, ldv, m0, n0, K);
+            mma_strip<NBL, false, 2>(c1, c2, kbuf, ldk, s.Xb, s.Xb + K * ldv, ldv, m0, n0, K);
 #pragma unroll
             for (int nb = 0; nb < NBL; nb++)
 #pragma unroll
                 for (int hh = 0; hh < 2; hh++) {
                     const int i = m0 + g + 8 * hh, c = n0 + 8 * nb + 2 * t;
-                    float2 vv = make_float2(0.f, 0.f);
-                    if (t0 + i < d.T)
-                        vv = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(
-                            v + (((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c));
+                    const float2 vv = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(Rb + i * ldv + c));
                     const float p1 = f[hh].pa1, p2 = f[hh].pa2;
                     st_bf16x2(Rb + i * ldv + c, vv.x + p1 * c1[nb][2 * hh] + p2 * c2[nb][2 * hh],
                               vv.y + p1 * c1[nb][2 * hh + 1] + p2 * c2[nb][2 * hh + 1]);
@@ -1187,13 +1202,19 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
                     if (STORE) st_bf16x2(Uall + ((size_t)bhc * CH + i) * d.V + v0 + c, x, y);
                 }
         }
-        __syncthreads();
+        if (!STORE) cp_async_wait_group<0>();   // this chunk's q
+        __syncthreads();   // U's operands read: Rb free
+        if (n + 1 < d.NC) {
+            issue_v(n + 1);
+            if (STORE) issue_rest(n + 1);
+            cp_async_commit();
+        }
         if (!STORE) {
             // O = QA1 o (Qh S0) + QA2 o (Qh M0) + QKG U
             const int m0 = (warp >> 1) * 16, n0 = (warp & 1) * (VT / 2);
             const RowFactors f[2] = {fast_row_factors(s.vs, d, m0 + g), fast_row_factors(s.vs, d, m0 + g + 8)};
             float c1[NBL][4] = {}, c2[NBL][4] = {};
-            mma_strip<NBL, false, 2>(c1, c2, s.Qh, ldk, s.Xb, s.Xb + K * ldv, ldv, m0, n0, K);
+            mma_strip<NBL, false, 2>(c1, c2, qbuf, ldk, s.Xb, s.Xb + K * ldv, ldv, m0, n0, K);
 #pragma unroll
             for (int nb = 0; nb < NBL; nb++)
 #pragma unroll
@@ -1209,9 +1230,13 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
                         st_bf16x2(o + (((size_t)b * d.T + t0 + i) * d.H + h) * d.V + v0 + c, c1[nb][2 * hh],
                                   c1[nb][2 * hh + 1]);
                 }
-            __syncthreads();   // Xb, Qh, QG, T^-1 read for the last time in this chunk
+            __syncthreads();   // Xb, q, QKG, T^-1 read for the last time in this chunk
+            if (n + 1 < d.NC) {
+                issue_k(n + 1, qbuf);
+                issue_rest(n + 1);
+                cp_async_commit();
+            }
         }
-        if (n + 1 < d.NC) issue(n + 1, false, true);
         // X1 = D X0 + Kh^T [g o U, h o U], in the registers; then the bf16 copy
 #pragma unroll
         for (int j = 0; j < SPW; j++) {
@@ -1226,7 +1251,7 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
                     st[j][0][nb][e] = aL * S - bL * M;
                     st[j][1][nb][e] = mL * M;
                 }
-            mma_strip<NBU, true, 2>(st[j][0], st[j][1], s.Kh, ldk, Ug, Uh, ldv, m0, n0, CH);
+            mma_strip<NBU, true, 2>(st[j][0], st[j][1], kbuf, ldk, Ug, Uh, ldv, m0, n0, CH);
 #pragma unroll
             for (int which = 0; which < 2; which++)
 #pragma unroll
@@ -1238,8 +1263,18 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
                                   st[j][which][nb][2 * hh + 1]);
                     }
         }
-        __syncthreads();   // Kh, Ug, Uh read; Xb complete
-        if (n + 1 < d.NC) issue(n + 1, true, false);
+        __syncthreads();   // k, Ug, Uh read; Xb complete
+        if (n + 1 < d.NC) {
+            if (STORE) {
+                issue_k(n + 1, kbuf);
+            } else {
+                issue_q(n + 1, kbuf);
+                bf16 *const next_k = qbuf;
+                qbuf = kbuf;
+                kbuf = next_k;
+            }
+            cp_async_commit();
+        }
     }
     fast_state_store<VT, SPW>(st, d, (size_t)bh * K, (size_t)bh * K, v0, S_final, M_final);
 }
@@ -1262,25 +1297,30 @@ __global__ void __launch_bounds__(NTHREADS, 2)
 
     float st[SPW][2][NBU][4];
     fast_state_load<VT, SPW>(st, d, bh, v0, dS_final, dM_final, s.Xb);
+    // cp.async groups, oldest first: [T^-1, QKG, d_o, vectors] after G, then [k] and [q] after the
+    // update. q is read only by the update, so the chunk top waits for all but [q], and the
+    // barrier after G for [q]: its latency hides behind dU and G.
     auto issue = [&](int n, bool kq, bool rest) {
         const int t0 = n * CH, rows_valid = min(CH, d.T - t0);
         const size_t base = ((size_t)b * d.T + t0) * d.H + h, mo = (size_t)(bh * d.NC + n) * CH * CH;
-        if (kq) {
-            async_rows(s.Kh, ldk, k + base * K, hstride, CH, K, rows_valid);
-            async_rows(s.Qh, ldk, q + base * K, hstride, CH, K, rows_valid);
-        }
         if (rest) {
             async_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH);
             async_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH);
             async_rows(dOs, ldv, d_o + base * d.V + v0, (size_t)d.H * d.V, CH, VT, rows_valid);
             fast_fetch_vectors(s.vs, vec + (size_t)(bh * d.NC + n) * NVEC * CH);
         }
+        if (kq) {
+            async_rows(s.Kh, ldk, k + base * K, hstride, CH, K, rows_valid);
+            cp_async_commit();
+            async_rows(s.Qh, ldk, q + base * K, hstride, CH, K, rows_valid);
+        }
+        cp_async_commit();
     };
     issue(d.NC - 1, true, true);
     for (int n = d.NC - 1; n >= 0; n--) {
         const int bhc = bh * d.NC + n, t0 = n * CH;
         fast_state_store<VT, SPW>(st, d, (size_t)bhc * 2 * K, (size_t)bhc * 2 * K + K, v0, dXall, dXall);
-        cp_async_wait_all();
+        cp_async_wait_group<1>();   // q may still be in flight
         __syncthreads();
         // the update's decays, read before the previous chunk's vectors are fetched over them
         const float aL = s.vs[VEC_A * CH + CH - 1], bL = s.vs[VEC_B * CH + CH - 1], mL = s.vs[VEC_M * CH + CH - 1];
@@ -1327,6 +1367,7 @@ __global__ void __launch_bounds__(NTHREADS, 2)
                     st_bf16x2(Gp2 + i * ldv + c, p2 * x, p2 * y);
                 }
         }
+        cp_async_wait_group<0>();   // this chunk's q
         __syncthreads();   // T^-1, QKG, d_o, Xb read for the last time in this chunk
         if (n > 0) issue(n - 1, false, true);
         // dS0 = a_L dS1 + Qh^T (QA1 o dO) + Kh^T (PA1 o G); dM0 = -b_L dS1 + m_L dM1 + Qh^T (QA2 o dO) + Kh^T (PA2 o G)
