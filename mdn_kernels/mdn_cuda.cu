@@ -2233,49 +2233,60 @@ __global__ void __launch_bounds__(CHUNK_BWD_THREADS)
 #pragma unroll
         for (int j = 0; j < 4; j++)
             for (int o = 16; o > 0; o >>= 1) dots[r][j] += __shfl_xor_sync(0xffffffffu, dots[r][j], o);
-    // the L2-norm backward: dx = r (dy - <dy, y> y), dy from registers (whole rows) or the workspace
-    auto l2norm_backward = [&](int kk, const RowVals &dqy, const RowVals &dky) {
-        float qraw[ROWS_PER_WARP], kraw[ROWS_PER_WARP];
+    // the L2-norm backward, dx = r (dy - <dy, y> y), of the lane's key columns kbase + lane + 32 j,
+    // j < NJ: every q and k load of those columns is issued before the first dq or dk store (a load
+    // after a store through a pointer that may alias it waits for the store: one exposed latency a
+    // column). Two columns a group (four spilled 16 bytes at 128 registers in bf16; two need 120).
+    constexpr int NJ = 2;
+    typedef float ColumnVals[NJ][ROWS_PER_WARP];
+    auto l2norm_backward = [&](int kbase, const ColumnVals &dqy, const ColumnVals &dky) {
+        float qraw[NJ][ROWS_PER_WARP], kraw[NJ][ROWS_PER_WARP];
 #pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) {
-            const int i = row0 + r;
-            const bool valid = t0 + i < d.T;
-            const int rowbase = qk_row(i);
-            qraw[r] = valid ? to_f(qc[rowbase + kk]) : 0.f;
-            kraw[r] = valid ? to_f(kc[rowbase + kk]) : 0.f;
-        }
+        for (int j = 0; j < NJ; j++)
 #pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) {
-            const int i = row0 + r;
-            if (t0 + i >= d.T) continue;
-            const int rowbase = qk_row(i);
-            const float rq_i = s.rq[i], rk_i = s.rk[i], qh = qraw[r] * rq_i, kh = kraw[r] * rk_i;
-            if (dqc) dqc[rowbase + kk] = from_f<T>(rq_i * (dqy[r] - dots[r][2] * qh));
-            if (dkc) dkc[rowbase + kk] = from_f<T>(rk_i * (dky[r] - dots[r][3] * kh));
-        }
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                const int i = row0 + r, kk = kbase + lane + 32 * j;
+                const bool valid = t0 + i < d.T && kk < K;
+                qraw[j][r] = valid ? to_f(qc[qk_row(i) + kk]) : 0.f;
+                kraw[j][r] = valid ? to_f(kc[qk_row(i) + kk]) : 0.f;
+            }
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                const int i = row0 + r, kk = kbase + lane + 32 * j;
+                if (t0 + i >= d.T || kk >= K) continue;
+                const int rowbase = qk_row(i);
+                const float rq_i = s.rq[i], rk_i = s.rk[i], qh = qraw[j][r] * rq_i, kh = kraw[j][r] * rk_i;
+                if (dqc) dqc[rowbase + kk] = from_f<T>(rq_i * (dqy[j][r] - dots[r][2] * qh));
+                if (dkc) dkc[rowbase + kk] = from_f<T>(rk_i * (dky[j][r] - dots[r][3] * kh));
+            }
     };
     if (whole) {
 #pragma unroll
-        for (int j = 0; j < MAXJ; j++) {
-            const int kk = lane + 32 * j;
-            if (kk >= K) continue;
-            RowVals dqy, dky;
+        for (int jb = 0; jb < MAXJ; jb += NJ) {
+            ColumnVals dqy, dky;
 #pragma unroll
-            for (int r = 0; r < ROWS_PER_WARP; r++) {
-                dqy[r] = dqh[r][j];
-                dky[r] = dkh[r][j];
-            }
-            l2norm_backward(kk, dqy, dky);
+            for (int j = 0; j < NJ; j++)
+#pragma unroll
+                for (int r = 0; r < ROWS_PER_WARP; r++) {
+                    dqy[j][r] = dqh[r][jb + j];
+                    dky[j][r] = dkh[r][jb + j];
+                }
+            l2norm_backward(32 * jb, dqy, dky);
         }
     } else {
-        for (int kk = lane; kk < K; kk += 32) {
-            RowVals dqy, dky;
+        for (int kbase = 0; kbase < K; kbase += 32 * NJ) {
+            ColumnVals dqy, dky;
 #pragma unroll
-            for (int r = 0; r < ROWS_PER_WARP; r++) {
-                dqy[r] = dQc[ws_row(row0 + r) + kk];
-                dky[r] = dKc[ws_row(row0 + r) + kk];
-            }
-            l2norm_backward(kk, dqy, dky);
+            for (int j = 0; j < NJ; j++)
+#pragma unroll
+                for (int r = 0; r < ROWS_PER_WARP; r++) {
+                    const int kk = kbase + lane + 32 * j;
+                    dqy[j][r] = kk < K ? dQc[ws_row(row0 + r) + kk] : 0.f;
+                    dky[j][r] = kk < K ? dKc[ws_row(row0 + r) + kk] : 0.f;
+                }
+            l2norm_backward(kbase, dqy, dky);
         }
     }
     if (lane == 0)
