@@ -6,6 +6,7 @@
 # running): NCCL_SOCKET_IFNAME / OMPI_MCA_btl_tcp_if_include (the interface to use),
 # NCCL_IB_DISABLE=0 and NCCL_NET_GDR_LEVEL (InfiniBand / GPUDirect), NCCL_DEBUG=INFO (diagnosis).
 DATA=${DATA:-data/slimpajama}
+VAL_DATA=${VAL_DATA-$DATA/*val*.bin}   # VAL_DATA= (empty): no validation (a corpus too small for its batch)
 OUT=${OUT:-out/mdn_400M}
 TRAINER=${TRAINER:-./train_mdn}
 EXTRA=${EXTRA:-}
@@ -17,7 +18,7 @@ launch() {
     fi
     local accum=$(( GLOBAL_BATCH / (MICRO_BATCH * GPUS) ))
     [ -x "$TRAINER" ] || make "${TRAINER#./}"
-    local flags=("$@" --train-data "$DATA/*train*.bin" --val-data "$DATA/*val*.bin"
+    local flags=("$@" --train-data "$DATA/*train*.bin" --val-data "$VAL_DATA"
         --batch-size "$MICRO_BATCH" --seq-len 4096 --grad-accum "$accum"
         --lr 3e-4 --min-lr-ratio 0.1 --warmup-steps 1024 --weight-decay 0.1 --beta1 0.9 --beta2 0.95
         --eps 1e-15 --max-norm 1.0 --seed 42 --checkpoint-interval 2048 --keep-latest-k 2

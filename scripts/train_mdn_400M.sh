@@ -8,7 +8,8 @@
 # Usage: scripts/train_mdn_400M.sh [GPUS] [HOSTFILE]
 #   GPUS       number of GPUs in all (1, 2, 4, 8, 16; default 1). One process per GPU, via mpirun when > 1.
 #   HOSTFILE   an OpenMPI hostfile for several nodes ("node1 slots=8" per line); omit on one node.
-# Environment: DATA (shard directory, default data/slimpajama), OUT (default out/mdn_400M),
+# Environment: DATA (shard directory, default data/slimpajama), VAL_DATA (default DATA/*val*.bin; empty:
+#   no validation), OUT (default out/mdn_400M),
 #   EXTRA (more flags, e.g. "--steps 100"), TRAINER (default ./train_mdn; ./train_mdn_cpu for CPU).
 # Re-running the same command resumes from the latest checkpoint in OUT (--resume).
 set -euo pipefail
