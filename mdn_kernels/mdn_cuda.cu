@@ -1029,6 +1029,12 @@ __device__ __forceinline__ RowFactors fast_row_factors(const float *vs, const Di
     return f;
 }
 
+// the chunk's first row in a [B, T, H, .] tensor (row index (b·T + t)·H + h), and its rows before T
+__device__ __forceinline__ size_t chunk_row0(const Dims &d, int b, int h, int n) {
+    return ((size_t)b * d.T + n * CH) * d.H + h;
+}
+__device__ __forceinline__ int chunk_rows(const Dims &d, int n) { return min(CH, d.T - n * CH); }
+
 // The state strips of warp w: s = w + 8j (j < SPW <= 2), s < nU; strip s covers rows 16*(s / nsn), columns
 // 8*NBU*(s % nsn) of the K x VT block (nsn = VT / (8*NBU)).
 template <int VT> struct FastTiling {
@@ -1136,13 +1142,15 @@ __global__ void __launch_bounds__(NTHREADS, fwd_fast_min_ctas<VT, SPW, STORE>())
     // [v] after U, [k, T^-1, QKG, vectors] after O (STORE: after U), [q] after the update; the
     // chunk top waits for all but the newest ([q]; STORE: all), O for the rest.
     bf16 *kbuf = s.Kh, *qbuf = s.Qh;
-    auto rows_of = [&](int n) { return min(CH, d.T - n * CH); };
-    auto row_base = [&](int n) { return ((size_t)b * d.T + n * CH) * d.H + h; };
     auto issue_v = [&](int n) {
-        async_rows(Rb, ldv, v + row_base(n) * d.V + v0, (size_t)d.H * d.V, CH, VT, rows_of(n));
+        async_rows(Rb, ldv, v + chunk_row0(d, b, h, n) * d.V + v0, (size_t)d.H * d.V, CH, VT, chunk_rows(d, n));
     };
-    auto issue_k = [&](int n, bf16 *dst) { async_rows(dst, ldk, k + row_base(n) * K, hstride, CH, K, rows_of(n)); };
-    auto issue_q = [&](int n, bf16 *dst) { async_rows(dst, ldk, q + row_base(n) * K, hstride, CH, K, rows_of(n)); };
+    auto issue_k = [&](int n, bf16 *dst) {
+        async_rows(dst, ldk, k + chunk_row0(d, b, h, n) * K, hstride, CH, K, chunk_rows(d, n));
+    };
+    auto issue_q = [&](int n, bf16 *dst) {
+        async_rows(dst, ldk, q + chunk_row0(d, b, h, n) * K, hstride, CH, K, chunk_rows(d, n));
+    };
     auto issue_rest = [&](int n) {
         const size_t mo = (size_t)(bh * d.NC + n) * CH * CH;
         async_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH);
@@ -1301,22 +1309,20 @@ __global__ void __launch_bounds__(NTHREADS, 2)
     // update. q is read only by the update, so the chunk top waits for all but [q], and the
     // barrier after G for [q]: its latency hides behind dU and G. (Running the update's Kh products
     // first, a barrier, and k's load during the Qh products measured 3% slower.)
-    auto rows_of = [&](int n) { return min(CH, d.T - n * CH); };
-    auto row_base = [&](int n) { return ((size_t)b * d.T + n * CH) * d.H + h; };
     auto issue_rest = [&](int n) {
         const size_t mo = (size_t)(bh * d.NC + n) * CH * CH;
         async_rows(s.Ti, ldl, Tinv + mo, CH, CH, CH, CH);
         async_rows(s.QG, ldl, QKG + mo, CH, CH, CH, CH);
-        async_rows(dOs, ldv, d_o + row_base(n) * d.V + v0, (size_t)d.H * d.V, CH, VT, rows_of(n));
+        async_rows(dOs, ldv, d_o + chunk_row0(d, b, h, n) * d.V + v0, (size_t)d.H * d.V, CH, VT, chunk_rows(d, n));
         fast_fetch_vectors(s.vs, vec + (size_t)(bh * d.NC + n) * NVEC * CH);
         cp_async_commit();
     };
     auto issue_k = [&](int n) {
-        async_rows(s.Kh, ldk, k + row_base(n) * K, hstride, CH, K, rows_of(n));
+        async_rows(s.Kh, ldk, k + chunk_row0(d, b, h, n) * K, hstride, CH, K, chunk_rows(d, n));
         cp_async_commit();
     };
     auto issue_q = [&](int n) {
-        async_rows(s.Qh, ldk, q + row_base(n) * K, hstride, CH, K, rows_of(n));
+        async_rows(s.Qh, ldk, q + chunk_row0(d, b, h, n) * K, hstride, CH, K, chunk_rows(d, n));
         cp_async_commit();
     };
     issue_rest(d.NC - 1);
